@@ -1,0 +1,31 @@
+"""bcdi-gapfill: restore the intensity lost in detector-chip gaps of 3D BCDI patterns.
+
+Arrays follow bcdi's (frames, rows, columns) order throughout: axis 0 is the rocking-curve
+frame, axes 1 and 2 are the detector rows and columns.
+
+The public entry points are imported lazily so that ``import bcdi_gapfill`` stays light
+(no torch import until a model is needed).
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "inpaint": ("bcdi_gapfill.inpaint", "inpaint"),
+    "simulate_pattern": ("bcdi_gapfill.simulate", "simulate_pattern"),
+    "detector_gap_mask": ("bcdi_gapfill.geometry", "detector_gap_mask"),
+    "synthetic_gap_mask": ("bcdi_gapfill.geometry", "synthetic_gap_mask"),
+    "gap_mask_from_mask": ("bcdi_gapfill.geometry", "gap_mask_from_mask"),
+}
+
+__all__ = ["__version__", *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        module, attr = _LAZY[name]
+        return getattr(importlib.import_module(module), attr)
+    raise AttributeError(f"module 'bcdi_gapfill' has no attribute {name!r}")
