@@ -1,0 +1,314 @@
+"""Training of the patching U-Net on portions with artificial gaps.
+
+Loss = w_mae * MAE + w_ssim * (1 - SSIM_3D) + w_grad * MAE of the finite-difference
+gradients (paper section 2.3). The losses compare the *composite* portion (measured voxels
+kept, gap voxels predicted) with the composite truth (measured voxels, and the noise-free
+expectation inside the gap), so that they measure the gap and how it joins its borders;
+the MAE term is taken over gap voxels only.
+
+Adam (lr 1e-3) with ReduceLROnPlateau on the validation loss, gradient clipping, fixed
+seeds, a tqdm progress bar, a CSV metrics log per epoch, checkpoints written atomically
+(every ``checkpoint_every`` steps and at each epoch end) and exact resume. Several GPUs are
+used through torch's DistributedDataParallel when launched by ``torchrun``.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+from torch.utils.data import DataLoader
+
+from bcdi_gapfill.dataset import GapPortionDataset, PortionBank, cached_portion_bank
+from bcdi_gapfill.model import UNetConfig, build_model, CONFIGS
+
+__all__ = ["TrainConfig", "gap_loss", "train", "load_train_config", "evaluate_loss"]
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run needs; read from YAML by `load_train_config`."""
+
+    out_dir: str = "runs/train"
+    model: str | dict = "gapfill"
+    train_data: list[str] = field(default_factory=list)  # PortionBank .h5 files
+    val_data: list[str] = field(default_factory=list)
+    simulate_train: int = 0  # patterns to simulate (seeds train_first_seed, ...)
+    simulate_val: int = 0
+    simulate_size: int = 128
+    train_first_seed: int = 0
+    val_first_seed: int = 100_000
+    cache_dir: str | None = "runs/cache"  # simulated portion banks are cached here by seed range
+    user_data: list[str] = field(default_factory=list)  # measured arrays to cut portions from
+    widths: list[int] = field(default_factory=lambda: [3, 6, 9, 12])
+    cross_probability: float = 0.3
+    batch_size: int = 16
+    epochs: int = 10
+    max_steps: int | None = None
+    time_budget_s: float | None = None
+    lr: float = 1e-3
+    lr_patience: int = 2
+    lr_factor: float = 0.5
+    grad_clip: float = 1.0
+    w_mae: float = 1.0
+    w_ssim: float = 1.0
+    w_grad: float = 1.0
+    checkpoint_every: int = 100
+    seed: int = 0
+    num_threads: int | None = None
+    device: str | None = None
+
+
+def load_train_config(path: str | Path) -> TrainConfig:
+    """Read a YAML training configuration; unknown keys are an error."""
+    import yaml
+    with open(path) as fh:
+        raw = yaml.safe_load(fh) or {}
+    known = set(TrainConfig.__dataclass_fields__)
+    unknown = set(raw) - known
+    if unknown:
+        raise ValueError(f"unknown keys in training config {path}: {sorted(unknown)}; known: {sorted(known)}")
+    return TrainConfig(**raw)
+
+
+def _gradients(x: torch.Tensor) -> list[torch.Tensor]:
+    return [torch.diff(x, dim=d) for d in (-3, -2, -1)]
+
+
+def gap_loss(pred: torch.Tensor, target: torch.Tensor, gap: torch.Tensor, measured: torch.Tensor,
+             w_mae: float = 1.0, w_ssim: float = 1.0, w_grad: float = 1.0) -> tuple[torch.Tensor, dict]:
+    """MAE + SSIM + gradient-MAE loss on composite portions.
+
+    Parameters
+    ----------
+    pred, target : (N, 1, D, H, W) float
+        Network output and noise-free normalised truth.
+    gap : (N, 1, D, H, W) bool
+    measured : (N, 1, D, H, W) float
+        The measured (noisy) normalised input, used outside the gap in both composites.
+    """
+    from pytorch_msssim import ssim
+    gapf = gap.float()
+    comp_pred = measured + gapf * (pred - measured)
+    comp_true = measured + gapf * (target - measured)
+    n_gap = gapf.sum().clamp_min(1.0)
+    mae = (gapf * (pred - target).abs()).sum() / n_gap
+    # 3D SSIM with a 7-voxel Gaussian window (pytorch-msssim handles 5D input).
+    ssim_val = ssim(comp_pred, comp_true, data_range=1.0, size_average=True, win_size=7)
+    grad = sum((gp - gt).abs().mean() for gp, gt in zip(_gradients(comp_pred), _gradients(comp_true))) / 3
+    total = w_mae * mae + w_ssim * (1 - ssim_val) + w_grad * grad
+    return total, {"mae": float(mae.detach()), "ssim": float(ssim_val.detach()), "grad": float(grad.detach())}
+
+
+def _batch_pcc(pred: torch.Tensor, target: torch.Tensor, gap: torch.Tensor) -> torch.Tensor:
+    """In-gap Pearson correlation per portion, on the normalised log scale (paper eq. 1)."""
+    g = gap.flatten(1).float()
+    n = g.sum(1).clamp_min(1)
+    p, t = pred.flatten(1), target.flatten(1)
+    pm, tm = (p * g).sum(1) / n, (t * g).sum(1) / n
+    dp, dt = (p - pm[:, None]) * g, (t - tm[:, None]) * g
+    return (dp * dt).sum(1) / ((dp.pow(2).sum(1) * dt.pow(2).sum(1)).sqrt() + 1e-12)
+
+
+@torch.no_grad()
+def evaluate_loss(model: torch.nn.Module, loader: DataLoader, cfg: TrainConfig, device: torch.device) -> dict:
+    """Mean loss terms and mean in-gap PCC over a loader."""
+    model.eval()
+    sums: dict[str, float] = {}
+    n = 0
+    for inputs, target, gap in loader:
+        inputs, target, gap = inputs.to(device), target.to(device), gap.to(device)
+        pred = model(inputs, gap)
+        loss, parts = gap_loss(pred, target, gap, inputs[:, :1], cfg.w_mae, cfg.w_ssim, cfg.w_grad)
+        parts["loss"] = float(loss)
+        parts["pcc"] = float(_batch_pcc(pred, target, gap).mean())
+        for k, v in parts.items():
+            sums[k] = sums.get(k, 0.0) + v * len(inputs)
+        n += len(inputs)
+    model.train()
+    return {k: v / max(n, 1) for k, v in sums.items()}
+
+
+def _atomic_torch_save(obj: Any, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _banks(paths: list[str], n_sim: int, first_seed: int, size: int, cache_dir: str | None) -> PortionBank:
+    banks = [PortionBank.load(p) for p in paths]
+    if n_sim:
+        banks.append(cached_portion_bank(n_sim, first_seed, size, cache_dir))
+    if not banks:
+        raise ValueError("no training data: give train_data files or simulate_train > 0")
+    return PortionBank.concatenate(banks)
+
+
+def train(cfg: TrainConfig, *, progress: bool = True) -> dict:
+    """Train (or resume) a model; returns the final validation metrics.
+
+    Writes in ``cfg.out_dir``: ``checkpoint.pt`` (model, optimiser, scheduler, step, RNG
+    states; replaced atomically), ``best.pt`` (weights with the lowest validation loss),
+    ``metrics.csv`` (one row per epoch) and ``config.json``. Rerunning the same command
+    resumes from ``checkpoint.pt``.
+    """
+    from tqdm import tqdm
+
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if distributed:
+        torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        rank = torch.distributed.get_rank()
+        local = int(os.environ.get("LOCAL_RANK", 0))
+        device = torch.device(f"cuda:{local}" if torch.cuda.is_available() else "cpu")
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+    else:
+        rank = 0
+        device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.seed)
+    np.random.seed(cfg.seed)
+
+    train_bank = _banks(cfg.train_data, cfg.simulate_train, cfg.train_first_seed, cfg.simulate_size, cfg.cache_dir)
+    if cfg.user_data:
+        from bcdi_gapfill.dataset import portions_from_array
+        from bcdi_gapfill.io import load_array
+        rng = np.random.default_rng(cfg.seed)
+        user = [portions_from_array(load_array(p), None, 10, rng) for p in cfg.user_data]
+        train_bank = PortionBank.concatenate([train_bank, *user])
+    val_bank = _banks(cfg.val_data, cfg.simulate_val, cfg.val_first_seed, cfg.simulate_size, cfg.cache_dir) \
+        if (cfg.val_data or cfg.simulate_val) else None
+
+    train_set = GapPortionDataset(train_bank, cfg.widths, cross_probability=cfg.cross_probability,
+                                  augment=True, seed=cfg.seed)
+    sampler = torch.utils.data.DistributedSampler(train_set, seed=cfg.seed) if distributed else None
+    generator = torch.Generator().manual_seed(cfg.seed)
+    train_loader = DataLoader(train_set, batch_size=cfg.batch_size, shuffle=sampler is None,
+                              sampler=sampler, drop_last=True, generator=generator)
+    val_loader = DataLoader(GapPortionDataset(val_bank, cfg.widths, cross_probability=cfg.cross_probability,
+                                              augment=False, fixed=True, seed=cfg.seed + 1),
+                            batch_size=cfg.batch_size) if val_bank is not None else None
+
+    model_cfg = CONFIGS[cfg.model] if isinstance(cfg.model, str) else UNetConfig(**cfg.model)
+    # channels-last 3D puts CPU convolutions on oneDNN's fast path (3x faster backward here).
+    model = build_model(model_cfg).to(device, memory_format=torch.channels_last_3d)
+    net = torch.nn.parallel.DistributedDataParallel(model) if distributed else model
+    optimiser = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimiser, factor=cfg.lr_factor,
+                                                           patience=cfg.lr_patience)
+    state = {"step": 0, "epoch": 0, "best_val": math.inf, "elapsed_s": 0.0}
+    ckpt_path = out / "checkpoint.pt"
+    if ckpt_path.exists():
+        ckpt = torch.load(ckpt_path, map_location=device, weights_only=False)
+        model.load_state_dict(ckpt["model"])
+        optimiser.load_state_dict(ckpt["optimiser"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        state.update(ckpt["state"])
+        torch.set_rng_state(ckpt["torch_rng"])
+        generator.set_state(ckpt["loader_rng"])
+        train_set._rng = np.random.default_rng(cfg.seed + 1000 * state["epoch"] + state["step"])
+        if rank == 0:
+            print(f"resuming from {ckpt_path} at step {state['step']} (epoch {state['epoch']})")
+    if rank == 0:
+        (out / "config.json").write_text(json.dumps({"train": asdict(cfg), "model": model_cfg.to_dict()},
+                                                    indent=2, default=str))
+
+    def save_checkpoint() -> None:
+        if rank == 0:
+            _atomic_torch_save({"model": model.state_dict(), "optimiser": optimiser.state_dict(),
+                                "scheduler": scheduler.state_dict(), "state": dict(state),
+                                "torch_rng": torch.get_rng_state(), "loader_rng": generator.get_state(),
+                                "model_config": model_cfg.to_dict()}, ckpt_path)
+
+    start = time.time() - state["elapsed_s"]
+    steps_per_epoch = len(train_loader)
+    metrics: dict = {}
+    stop = False
+    model.train()
+    while state["epoch"] < cfg.epochs and not stop:
+        if sampler is not None:
+            sampler.set_epoch(state["epoch"])
+        skip = state["step"] - state["epoch"] * steps_per_epoch  # resume inside an epoch
+        bar = tqdm(total=steps_per_epoch, initial=max(skip, 0), disable=not progress or rank != 0,
+                   desc=f"epoch {state['epoch'] + 1}/{cfg.epochs}")
+        running = []
+        for i, (inputs, target, gap) in enumerate(train_loader):
+            if i < skip:
+                continue
+            inputs, target, gap = inputs.to(device), target.to(device), gap.to(device)
+            pred = net(inputs.to(memory_format=torch.channels_last_3d), gap)
+            loss, parts = gap_loss(pred, target, gap, inputs[:, :1], cfg.w_mae, cfg.w_ssim, cfg.w_grad)
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            optimiser.step()
+            state["step"] += 1
+            state["elapsed_s"] = time.time() - start
+            running.append(float(loss.detach()))
+            bar.update(1)
+            bar.set_postfix(loss=f"{np.mean(running[-50:]):.4f}", mae=f"{parts['mae']:.4f}")
+            if state["step"] % cfg.checkpoint_every == 0:
+                save_checkpoint()
+            if (cfg.max_steps and state["step"] >= cfg.max_steps) or \
+                    (cfg.time_budget_s and state["elapsed_s"] >= cfg.time_budget_s):
+                stop = True
+                break
+        bar.close()
+        epoch_done = not stop or state["step"] % steps_per_epoch == 0
+        val = evaluate_loss(model, val_loader, cfg, device) if val_loader is not None else {}
+        val_loss = val.get("loss", float(np.mean(running)) if running else math.inf)
+        if epoch_done:
+            state["epoch"] += 1
+            scheduler.step(val_loss)
+        metrics = {"epoch": state["epoch"], "step": state["step"], "elapsed_s": round(state["elapsed_s"], 1),
+                   "lr": optimiser.param_groups[0]["lr"], "train_loss": float(np.mean(running)) if running else None,
+                   **{f"val_{k}": v for k, v in val.items()}}
+        if rank == 0:
+            log = out / "metrics.csv"
+            new = not log.exists()
+            with open(log, "a", newline="") as fh:
+                writer = csv.DictWriter(fh, fieldnames=list(metrics))
+                if new:
+                    writer.writeheader()
+                writer.writerow(metrics)
+            if val_loss < state["best_val"]:
+                state["best_val"] = val_loss
+                _atomic_torch_save({"config": model_cfg.to_dict(), "state_dict": model.state_dict(),
+                                    "metrics": metrics}, out / "best.pt")
+            print(json.dumps(metrics), flush=True)
+        save_checkpoint()
+    if distributed:
+        torch.distributed.destroy_process_group()
+    return metrics
+
+
+def export_weights(checkpoint: str | Path, out_path: str | Path, card: dict | None = None) -> dict:
+    """Write the weights of a training checkpoint (``best.pt`` or ``checkpoint.pt``) as a
+    shippable file plus its model card ``<out>.json`` holding the SHA-256 that loading checks.
+
+    Only the configuration and the weights are kept (no optimiser state), so the file is small.
+    """
+    import hashlib
+    from bcdi_gapfill.io import atomic_write_text
+
+    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    config = ckpt.get("config") or ckpt["model_config"]
+    state_dict = ckpt.get("state_dict") or ckpt["model"]
+    out_path = Path(out_path)
+    _atomic_torch_save({"config": config, "state_dict": state_dict}, out_path)
+    sha = hashlib.sha256(out_path.read_bytes()).hexdigest()
+    full_card = {"name": out_path.stem, "sha256": sha, "architecture": config,
+                 "parameters": int(sum(v.numel() for v in state_dict.values())), **(card or {})}
+    atomic_write_text(out_path.with_suffix(".json"), json.dumps(full_card, indent=2, default=str), overwrite=True)
+    return full_card
