@@ -1,0 +1,180 @@
+"""Command-line interface: ``bcdi-gapfill SUBCOMMAND ...``, a thin layer over the library.
+
+argparse (standard library) rather than click or typer: one dependency fewer on beamline
+machines, and subcommands with plain options are all we need.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from bcdi_gapfill import __version__
+
+
+def _cmd_simulate(args: argparse.Namespace) -> int:
+    from bcdi_gapfill.simulate import write_dataset
+    paths = write_dataset(args.out, args.n, size=args.size, first_seed=args.first_seed,
+                          overwrite=args.overwrite, workers=args.workers)
+    print(f"wrote {len(paths)} patterns to {args.out}")
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from bcdi_gapfill.train import load_train_config, train
+    cfg = load_train_config(args.config)
+    if args.out_dir:
+        cfg.out_dir = args.out_dir
+    metrics = train(cfg)
+    print(json.dumps(metrics, indent=2))
+    return 0
+
+
+def _gap_from_args(args: argparse.Namespace, data, mask):
+    import numpy as np
+    from bcdi_gapfill import geometry
+    if args.detector:
+        gap = geometry.detector_gap_mask(args.detector, data.shape[0] * args.binning[0], roi=args.roi,
+                                         binning=args.binning)
+        if gap.shape != data.shape:
+            raise ValueError(f"the {args.detector} gap layout with roi={args.roi} and binning={args.binning} "
+                             f"gives shape {gap.shape}, but the data has shape {data.shape}")
+        return gap
+    if args.gap:
+        kind, width = geometry.parse_gap_spec(args.gap)
+        return geometry.synthetic_gap_mask(data.shape, kind, width)
+    if mask is None:
+        raise ValueError("no gap given: pass --mask FILE (or a data file holding a mask), --detector NAME, "
+                         "or --gap cross:W")
+    gap = geometry.gap_mask_from_mask(np.asarray(mask))
+    if not gap.any():
+        raise ValueError("the mask holds no detector gap (no line of pixels masked in every frame)")
+    return gap
+
+
+def _cmd_inpaint(args: argparse.Namespace) -> int:
+    import numpy as np
+    from bcdi_gapfill import io
+    from bcdi_gapfill.inpaint import inpaint, default_model_info
+
+    data, mask = io.load_data_and_mask(args.input, args.mask, data_key=args.key)
+    gap = _gap_from_args(args, data, mask)
+    result = inpaint(data, gap, method=args.method, model=args.weights, stride=args.stride,
+                     device=args.device, flips=args.flips, return_uncertainty=args.uncertainty, progress=True)
+    filled, uncertainty = result if args.uncertainty else (result, None)
+    new_mask = (np.zeros(data.shape, np.int8) if mask is None else (np.asarray(mask) != 0).astype(np.int8))
+    new_mask[gap] = 0  # gap voxels are now data, no longer masked
+    record = {"bcdi_gapfill_version": __version__, "input": str(args.input), "mask_input": str(args.mask),
+              "method": args.method, "stride": args.stride, "flips": args.flips,
+              "gap_voxels_filled": int(gap.sum())}
+    if args.method == "model":
+        info = default_model_info() if args.weights is None else {"weights": str(args.weights)}
+        record["weights"], record["weights_sha256"] = info.get("weights"), info.get("sha256")
+    protect = [args.input] + ([args.mask] if args.mask else [])
+    out = io.save_array(args.output, filled, mask=new_mask, attrs=record, overwrite=args.overwrite, protect=protect)
+    out_path = Path(out)
+    extra_path = out_path.with_name(out_path.stem + "_gapfill_record.npz")
+    extras = {"filled_voxels": gap}
+    if uncertainty is not None:
+        extras["uncertainty_log1p"] = uncertainty
+    import io as _io
+    buffer = _io.BytesIO()
+    np.savez_compressed(buffer, **extras, metadata=json.dumps(record))
+    io.atomic_write_bytes(extra_path, buffer.getvalue(), overwrite=args.overwrite, protect=protect)
+    print(f"filled {int(gap.sum())} gap voxels -> {out_path} (record: {extra_path.name})")
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from bcdi_gapfill.evaluate import run_evaluation
+    run_evaluation(args.out, n_portions=args.portions, n_arrays=args.arrays, weights=args.weights,
+                   overwrite=args.overwrite, paper_weights=args.paper_weights)
+    return 0
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    from bcdi_gapfill.validate import main_from_args
+    return main_from_args(args)
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from bcdi_gapfill.demo import run_demo
+    run_demo(args.out, size=args.size, seed=args.seed, overwrite=True)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="bcdi-gapfill", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"bcdi-gapfill {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("simulate", help="write a dataset of simulated BCDI patterns")
+    p.add_argument("--n", type=int, required=True, help="number of patterns")
+    p.add_argument("--size", type=int, default=128)
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--first-seed", type=int, default=0)
+    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=_cmd_simulate)
+
+    p = sub.add_parser("train", help="train the patching U-Net from a YAML config (resumes)")
+    p.add_argument("--config", required=True)
+    p.add_argument("--out-dir", default=None, help="override out_dir of the config")
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("inpaint", help="fill the detector gaps of a 3D pattern file")
+    p.add_argument("input", help="data file (.npy, .npz, .h5, .cxi)")
+    p.add_argument("-o", "--output", required=True, help="output file; format from its suffix")
+    p.add_argument("--key", default=None, help="dataset key/path in the input file")
+    p.add_argument("--mask", default=None, help="mask file (bcdi/PyNX: nonzero = masked)")
+    p.add_argument("--detector", default=None, help="detector whose chip gaps to fill (e.g. Maxipix)")
+    p.add_argument("--roi", type=int, nargs=4, default=None, metavar=("R0", "R1", "C0", "C1"),
+                   help="bcdi ROI in unbinned detector pixels")
+    p.add_argument("--binning", type=int, nargs=3, default=(1, 1, 1))
+    p.add_argument("--gap", default=None, help="synthetic gap, e.g. cross:6 or vertical:3")
+    p.add_argument("--method", default="model", help="model, biharmonic, linear, cubic, nearest or zero")
+    p.add_argument("--weights", default=None, help="weights file (default: shipped model)")
+    p.add_argument("--stride", type=int, default=None)
+    p.add_argument("--device", default=None)
+    p.add_argument("--flips", action="store_true", help="test-time flips of the detector axes")
+    p.add_argument("--uncertainty", action="store_true", help="also write the per-voxel uncertainty")
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=_cmd_inpaint)
+
+    p = sub.add_parser("evaluate", help="held-out evaluation: Table 1, baselines, figures")
+    p.add_argument("--out", required=True)
+    p.add_argument("--portions", type=int, default=1000)
+    p.add_argument("--arrays", type=int, default=4)
+    p.add_argument("--weights", default=None)
+    p.add_argument("--paper-weights", default=None, help="weights of the paper-architecture reference model")
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser("demo", help="end-to-end demo on a simulated crystal")
+    p.add_argument("--out", default="demo_output")
+    p.add_argument("--size", type=int, default=96)
+    p.add_argument("--seed", type=int, default=3)
+    p.set_defaults(func=_cmd_demo)
+
+    try:
+        from bcdi_gapfill.validate import add_parser as add_validate
+    except ImportError:
+        pass
+    else:
+        add_validate(sub, _cmd_validate)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, TypeError, FileNotFoundError, FileExistsError) as exc:
+        print(f"bcdi-gapfill {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
