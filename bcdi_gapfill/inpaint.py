@@ -306,7 +306,9 @@ def inpaint(data: np.ndarray, gap_mask: np.ndarray, *, method: str = "model", mo
     lo = np.array([min(o[a] for o in origins) for a in range(3)])
     hi = np.array([max(o[a] for o in origins) + window for a in range(3)])
     box = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
-    sum_w = np.zeros(hi - lo, np.float32)
+    # float64 when the spread is wanted: E[x^2] - E[x]^2 must vanish where predictions agree.
+    acc = np.float64 if return_uncertainty else np.float32
+    sum_w = np.zeros(hi - lo, acc)
     sum_x = np.zeros_like(sum_w)
     sum_x2 = np.zeros_like(sum_w) if return_uncertainty else None
     n_batches = -(-len(origins) // batch_size)
@@ -319,7 +321,7 @@ def inpaint(data: np.ndarray, gap_mask: np.ndarray, *, method: str = "model", mo
             pred = _predict_windows(net, batch_counts, batch_gap, dev, flips)
             for o, views in zip(chunk, pred):
                 rel = tuple(slice(o[a] - lo[a], o[a] - lo[a] + window) for a in range(3))
-                for view in views:
+                for view in views.astype(acc):
                     sum_w[rel] += taper
                     sum_x[rel] += taper * view
                     if sum_x2 is not None:
@@ -327,10 +329,11 @@ def inpaint(data: np.ndarray, gap_mask: np.ndarray, *, method: str = "model", mo
     gap_box = gap[box]
     mean_log = sum_x[gap_box] / sum_w[gap_box]
     region = filled[box]
-    region[gap_box] = np.maximum(np.expm1(mean_log), 0.0)
+    region[gap_box] = np.maximum(np.expm1(mean_log), 0.0).astype(np.float32)
     if not return_uncertainty:
         return filled
     uncertainty = np.zeros_like(filled)
-    var = np.maximum(sum_x2[gap_box] / sum_w[gap_box] - mean_log ** 2, 0.0)
+    var = sum_x2[gap_box] / sum_w[gap_box] - mean_log ** 2
+    var[var < 1e-12 * (1.0 + mean_log ** 2)] = 0.0  # round-off of identical predictions
     uncertainty[box][gap_box] = np.sqrt(var)
     return filled, uncertainty

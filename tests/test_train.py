@@ -1,0 +1,84 @@
+import csv
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from bcdi_gapfill.dataset import GapPortionDataset
+from bcdi_gapfill.train import TrainConfig, evaluate_loss, export_weights, gap_loss, load_train_config, train
+
+TINY = {"filters": [4, 8, 8, 8], "final_filters": [4, 4, 4], "prefill": "zero", "head": "sigmoid"}
+
+
+def test_gap_loss_zero_for_perfect_prediction():
+    target = torch.rand(2, 1, 32, 32, 32)
+    gap = torch.zeros_like(target, dtype=torch.bool)
+    gap[..., 10:16] = True
+    loss, parts = gap_loss(target, target, gap, target * ~gap)
+    assert float(loss) == pytest.approx(0, abs=1e-5) and parts["ssim"] == pytest.approx(1, abs=1e-5)
+    worse, _ = gap_loss(torch.zeros_like(target), target, gap, target * ~gap)
+    assert float(worse) > 0.05
+
+
+def _bank_file(tmp_path, tiny_bank):
+    path = tmp_path / "bank.h5"
+    tiny_bank.save(path)
+    return str(path)
+
+
+def test_short_training_lowers_the_loss(tmp_path, tiny_bank):
+    bank = _bank_file(tmp_path, tiny_bank)
+    cfg = TrainConfig(out_dir=str(tmp_path / "run"), model=TINY, train_data=[bank], val_data=[bank],
+                      batch_size=4, epochs=30, max_steps=40, lr=3e-3, checkpoint_every=1000, cache_dir=None,
+                      widths=[6], cross_probability=0.0)
+    loader = DataLoader(GapPortionDataset(tiny_bank, (6,), cross_probability=0.0, augment=False, fixed=True),
+                        batch_size=8)
+    from bcdi_gapfill.model import build_model
+    torch.manual_seed(cfg.seed)
+    before = evaluate_loss(build_model(TINY), loader, cfg, torch.device("cpu"))["loss"]
+    metrics = train(cfg, progress=False)
+    assert metrics["step"] == 40
+    after = torch.load(tmp_path / "run" / "best.pt", weights_only=False)
+    from bcdi_gapfill.model import PatchUNet
+    model = PatchUNet(after["config"] if isinstance(after["config"], str) else
+                      __import__("bcdi_gapfill.model", fromlist=["UNetConfig"]).UNetConfig(**after["config"]))
+    model.load_state_dict(after["state_dict"])
+    assert evaluate_loss(model, loader, cfg, torch.device("cpu"))["loss"] < before
+    rows = list(csv.DictReader(open(tmp_path / "run" / "metrics.csv")))
+    assert rows and "val_pcc" in rows[0]
+
+
+def test_training_resumes_from_checkpoint(tmp_path, tiny_bank, capsys):
+    bank = _bank_file(tmp_path, tiny_bank)
+    base = dict(out_dir=str(tmp_path / "run"), model=TINY, train_data=[bank], batch_size=4, epochs=10,
+                checkpoint_every=2, cache_dir=None)
+    train(TrainConfig(**base, max_steps=3), progress=False)
+    first = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)
+    assert first["state"]["step"] == 3
+    metrics = train(TrainConfig(**base, max_steps=5), progress=False)
+    assert "resuming from" in capsys.readouterr().out and metrics["step"] == 5
+
+
+def test_export_weights_writes_card_with_hash(tmp_path, tiny_bank):
+    bank = _bank_file(tmp_path, tiny_bank)
+    train(TrainConfig(out_dir=str(tmp_path / "run"), model=TINY, train_data=[bank], batch_size=4, epochs=1,
+                      max_steps=2, cache_dir=None), progress=False)
+    card = export_weights(tmp_path / "run" / "checkpoint.pt", tmp_path / "w.pt", {"max_gap_width": 12})
+    from bcdi_gapfill.inpaint import load_model
+    model, info = load_model(tmp_path / "w.pt")
+    assert info["sha256"] == card["sha256"] and info["max_gap_width"] == 12
+    # A weights file changed after its card was written is refused.
+    data = bytearray((tmp_path / "w.pt").read_bytes())
+    data[-10] ^= 0xFF
+    (tmp_path / "w2.pt").write_bytes(bytes(data))
+    (tmp_path / "w2.json").write_text((tmp_path / "w.json").read_text())
+    with pytest.raises(ValueError, match="corrupted or was replaced"):
+        load_model(tmp_path / "w2.pt")
+
+
+def test_config_unknown_key(tmp_path):
+    path = tmp_path / "c.yml"
+    path.write_text("epochs: 2\nbogus: 1\n")
+    with pytest.raises(ValueError, match="bogus"):
+        load_train_config(path)
