@@ -164,13 +164,18 @@ def simulate_pattern(size: int | tuple[int, int, int] = 128, seed: int | None = 
     -------
     SimulatedPattern
     """
-    dims = (size,) * 3 if np.isscalar(size) else tuple(int(s) for s in size)
-    if len(dims) != 3 or min(dims) < 8:
+    dims = (size,) * 3 if np.isscalar(size) else tuple(size)
+    if (len(dims) != 3 or not all(isinstance(s, (int, float, np.integer, np.floating))
+                                  and not isinstance(s, bool) and float(s).is_integer() for s in dims)
+            or min(dims) < 8):
         raise ValueError(f"size must be an int or 3 ints >= 8, got {size!r}")
+    dims = tuple(int(s) for s in dims)
     if shape_name is not None and shape_name not in SHAPES:
         raise ValueError(f"unknown shape_name {shape_name!r}; choose one of {SHAPES}")
     if phase is not None and phase not in PHASES:
         raise ValueError(f"unknown phase {phase!r}; choose one of {PHASES}")
+    if peak_offset is not None and len(tuple(peak_offset)) != 3:
+        raise ValueError(f"peak_offset must be 3 ints (frames, rows, columns), got {peak_offset!r}")
     rng = np.random.default_rng(seed)
 
     shape_name = shape_name or str(rng.choice(SHAPES, p=[0.15, 0.15, 0.2, 0.3, 0.2]))
@@ -181,8 +186,8 @@ def simulate_pattern(size: int | tuple[int, int, int] = 128, seed: int | None = 
     elif np.isscalar(oversampling):
         oversampling = (float(oversampling),) * 3
     oversampling = tuple(float(o) for o in oversampling)
-    if min(oversampling) < 1.0:
-        raise ValueError(f"oversampling must be >= 1 on every axis, got {oversampling}")
+    if len(oversampling) != 3 or not all(np.isfinite(oversampling)) or min(oversampling) < 1.0:
+        raise ValueError(f"oversampling must be >= 1 on every axis (one number or 3), got {oversampling}")
     detector_frame = bool(rng.random() < 0.5) if detector_frame is None else bool(detector_frame)
     phase = phase or str(rng.choice(PHASES, p=[0.4, 0.1, 0.15, 0.15, 0.2]))
     if phase_amplitude is None:
