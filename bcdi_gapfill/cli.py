@@ -94,8 +94,22 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
-    from bcdi_gapfill.validate import main_from_args
-    return main_from_args(args)
+    import numpy as np
+    from bcdi_gapfill import io
+    from bcdi_gapfill.validate import validate, write_report
+
+    obj = None
+    if args.object:
+        obj = io.load_array(args.object, key="obj")
+        if not np.iscomplexobj(obj) or obj.ndim != 3:
+            raise ValueError(f"{args.object}: 'obj' must be a complex 3D array, got {obj.dtype} {obj.shape}")
+    widths = [int(w) for w in args.sweep.split(",")] if args.sweep else None
+    report = validate(obj, seed=args.simulate, size=args.size, gap=args.gap, gap_offset=args.gap_offset,
+                      mode=args.mode, counts=args.counts, widths=widths, n_starts=args.starts,
+                      methods=args.methods.split(",") if args.methods else None)
+    paths = write_report(report, args.out, figures=getattr(report, "figures", None), overwrite=args.overwrite)
+    print(f"report: {paths['html']}  ({paths['json']})")
+    return 0
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -157,12 +171,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=3)
     p.set_defaults(func=_cmd_demo)
 
-    try:
-        from bcdi_gapfill.validate import add_parser as add_validate
-    except ImportError:
-        pass
-    else:
-        add_validate(sub, _cmd_validate)
+    p = sub.add_parser("validate", help="phase/strain validation of gap treatments, as an HTML report")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--object", help="npz holding 'obj', a complex 3D ground-truth object")
+    source.add_argument("--simulate", type=int, metavar="SEED", help="simulate a zero-phase particle")
+    p.add_argument("--size", type=int, default=64, help="array size when simulating")
+    p.add_argument("--gap", default="cross:9", help="cross:W, vertical:W, horizontal:W or a detector name")
+    p.add_argument("--gap-offset", type=int, default=0, help="shift of the gap from the peak centre, pixels")
+    p.add_argument("--mode", choices=("oracle", "pr", "both"), default="oracle")
+    p.add_argument("--counts", type=float, default=1e6, help="peak photon count of the Poisson noise")
+    p.add_argument("--sweep", default=None, help="gap widths to sweep, e.g. 3,6,9,12")
+    p.add_argument("--methods", default=None, help="comma-separated, default: all")
+    p.add_argument("--starts", type=int, default=4, help="random starts of phase retrieval")
+    p.add_argument("--out", required=True)
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=_cmd_validate)
+
+    from bcdi_gapfill.bcdi_stage import add_bcdi_parser
+    add_bcdi_parser(sub)
     return parser
 
 
