@@ -19,6 +19,9 @@ _LAZY = {
     "detector_gap_mask": ("bcdi_gapfill.geometry", "detector_gap_mask"),
     "synthetic_gap_mask": ("bcdi_gapfill.geometry", "synthetic_gap_mask"),
     "gap_mask_from_mask": ("bcdi_gapfill.geometry", "gap_mask_from_mask"),
+    "fill_gap": ("bcdi_gapfill.classical", "fill_gap"),
+    "validate": ("bcdi_gapfill.validate", "validate"),
+    "fill_bcdi_arrays": ("bcdi_gapfill.bcdi_stage", "fill_bcdi_arrays"),
 }
 
 __all__ = ["__version__", *_LAZY]

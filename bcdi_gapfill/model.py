@@ -49,6 +49,9 @@ class UNetConfig:
     final_kernels: Sequence[int] = (3, 3, 3)
     head: str = "residual"  # "sigmoid" (paper) or "residual" (correction added to the prefill)
     sigmoid_slope: float = 1.0
+    # Residual head: the correction is bound * tanh(raw / bound). An unbounded linear
+    # correction diverged in training here (epoch 2, loss 0.13 -> 2.8 at lr 1e-3).
+    residual_bound: float | None = 1.0
     prefill: str = "biharmonic"  # "zero" or "biharmonic": how gap voxels enter channel 0
     prefill_iterations: int = 80
     prefill_init: str = "linear"  # start of the CG iterations: "linear" (across-gap) or "zero"
@@ -244,7 +247,8 @@ class PatchUNet(nn.Module):
         out = self.head(self.final(self.trunk(h)))
         if self.config.head == "sigmoid":
             return torch.sigmoid(self.config.sigmoid_slope * out)
-        out = base + out
+        bound = self.config.residual_bound
+        out = base + (bound * torch.tanh(out / bound) if bound else out)
         return out if self.training else out.clamp(0.0, 1.0)
 
 

@@ -62,6 +62,7 @@ class TrainConfig:
     w_ssim: float = 1.0
     w_grad: float = 1.0
     checkpoint_every: int = 100
+    init_weights: str | None = None  # start from these weights (best.pt / exported file) when no checkpoint
     seed: int = 0
     num_threads: int | None = None
     device: str | None = None
@@ -209,6 +210,11 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> dict:
                                                            patience=cfg.lr_patience)
     state = {"step": 0, "epoch": 0, "best_val": math.inf, "elapsed_s": 0.0}
     ckpt_path = out / "checkpoint.pt"
+    if cfg.init_weights and not ckpt_path.exists():
+        init = torch.load(cfg.init_weights, map_location=device, weights_only=False)
+        model.load_state_dict(init.get("state_dict") or init["model"])
+        if rank == 0:
+            print(f"initialised from {cfg.init_weights}")
     if ckpt_path.exists():
         ckpt = torch.load(ckpt_path, map_location=device, weights_only=False)
         model.load_state_dict(ckpt["model"])
