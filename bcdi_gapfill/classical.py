@@ -92,6 +92,8 @@ def _validate(counts, gap_mask, *, log: bool) -> tuple[np.ndarray, np.ndarray]:
         raise ValueError(f"counts must be a real (integer or float) array, got dtype {counts.dtype}")
     if np.ma.isMaskedArray(counts):
         raise ValueError("counts must be a plain ndarray, not a masked array")
+    if counts.size == 0:
+        raise ValueError(f"counts is empty (shape {counts.shape})")
     if not isinstance(gap_mask, np.ndarray):
         gap_mask = np.asarray(gap_mask)
     if gap_mask.dtype != bool:
@@ -109,8 +111,10 @@ def _validate(counts, gap_mask, *, log: bool) -> tuple[np.ndarray, np.ndarray]:
             raise ValueError(f"counts has {n_nan} NaN and {int(bad.sum()) - n_nan} infinite values "
                              "among the measured (non-gap) voxels")
     if log and measured.size and measured.min() < 0:
-        raise ValueError("counts has negative measured values: log=True needs counts >= 0 "
-                         "(use log=False for background-subtracted data)")
+        raise ValueError(f"counts has {int((measured < 0).sum())} negative measured values "
+                         f"(min {measured.min()}): log=True needs counts >= 0; mark masked pixels (PyNX "
+                         "stores them as negative intensities) in gap_mask, or use log=False for "
+                         "background-subtracted data")
     return counts, gap_mask
 
 

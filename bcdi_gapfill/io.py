@@ -25,6 +25,7 @@ import json
 import os
 import tempfile
 import time
+import tokenize
 import zipfile
 import zlib
 from collections.abc import Callable, Iterable, Mapping
@@ -63,9 +64,10 @@ _NPZ_METADATA_KEY = "metadata"
 # names of the HDF5 attributes that were JSON-encoded because HDF5 cannot hold them
 _JSON_ATTRS_NAME = "bcdi_gapfill_json_attrs"
 
-# What numpy, zipfile and h5py raise on corrupt, truncated or foreign files.
+# What numpy, zipfile and h5py raise on corrupt, truncated or foreign files (numpy parses a
+# .npy header with the tokenizer and literal_eval; a corrupt shape can ask for exabytes).
 _READ_ERRORS = (OSError, ValueError, EOFError, KeyError, RuntimeError, zipfile.BadZipFile,
-                zlib.error)
+                zlib.error, TypeError, SyntaxError, tokenize.TokenError, MemoryError, OverflowError)
 
 
 class _ContentError(ValueError):
@@ -206,6 +208,15 @@ def _open_npz(path: Path) -> Any:
     return loaded
 
 
+def _numeric(path: Path, value: Any, what: str) -> np.ndarray:
+    # an npz may hold members that are not .npy files (numpy returns their bytes)
+    if not isinstance(value, np.ndarray):
+        raise _ContentError(f"{path}: {what} is not a numpy array (got {type(value).__name__})")
+    if value.dtype.kind not in "biufc":
+        raise _ContentError(f"{path}: {what} has dtype {value.dtype}, not a numeric array")
+    return value
+
+
 def _read(
     path: Path, key: str | None, role: str, optional: bool = False
 ) -> np.ndarray | None:
@@ -224,11 +235,11 @@ def _read(
             if not isinstance(loaded, np.ndarray):
                 loaded.close()
                 raise _ContentError(f"{path} is a .npz archive, not a .npy file")
-            return loaded
+            return _numeric(path, loaded, "the array")
         if suffix == ".npz":
             with _open_npz(path) as archive:
                 entry = _choose_npz_entry(path, list(archive.files), key, role, optional)
-                return None if entry is None else archive[entry]
+                return None if entry is None else _numeric(path, archive[entry], f"entry {entry!r}")
         with h5py.File(path, "r") as h5:
             dataset = _find_h5_dataset(path, h5, key, role, optional)
             return None if dataset is None else _dataset_array(path, dataset)

@@ -576,7 +576,8 @@ def validate(obj: np.ndarray | None = None, *, seed: int | None = None, size: in
     else:
         obj_true = np.asarray(obj)
         if obj_true.ndim != 3 or not np.issubdtype(obj_true.dtype, np.number):
-            raise ValueError(f"obj must be a 3D numeric (complex) array, got shape {obj_true.shape}")
+            raise ValueError(f"obj must be a 3D numeric (complex) array, got shape {obj_true.shape} "
+                             f"and dtype {obj_true.dtype}")
         obj_true = obj_true.astype(np.complex128)
         if not np.all(np.isfinite(obj_true)) or not np.any(obj_true):
             raise ValueError("obj must be finite and not identically zero")
