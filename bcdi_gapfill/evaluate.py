@@ -31,6 +31,9 @@ __all__ = ["portion_table", "whole_array_table", "run_evaluation", "TEST_FIRST_S
 TEST_FIRST_SEED = 200_000
 ARRAY_FIRST_SEED = 300_000
 WIDTHS = (3, 6, 9, 12)
+# A portion is "signal-dominated" when the noise-free expectation itself correlates this well
+# with the noisy truth in the gap.
+SIGNAL_CEILING = 0.9
 
 
 def _vertical_gap(width: int, window: int = 32) -> np.ndarray:
@@ -73,9 +76,16 @@ def portion_table(bank, models: dict[str, Any], widths=WIDTHS, n_portions: int =
     result: dict[str, Any] = {"widths": list(widths), "n_portions": n, "methods": {}, "ceiling": [],
                               "per_portion": {"mean_counts": bank.mean_counts[:n].tolist(),
                                               "oversampling": bank.oversampling[:n].tolist()}}
+    result["ceiling_signal"] = []
     for width in widths:
         gap = _vertical_gap(width)
-        result["ceiling"].append(float(np.nanmean(pcc_gap(log_counts, log_expected, gap, log=False))))
+        ceiling = pcc_gap(log_counts, log_expected, gap, log=False)
+        # Portions whose gap content is dominated by signal rather than Poisson noise: the
+        # paper's experimental portions had fringes; most peripheral simulated ones do not.
+        signal = ceiling >= SIGNAL_CEILING
+        result["ceiling"].append(float(np.nanmean(ceiling)))
+        result["ceiling_signal"].append(float(np.nanmean(ceiling[signal])) if signal.any() else None)
+        result.setdefault("n_signal", []).append(int(signal.sum()))
         fills: dict[str, tuple[np.ndarray, float]] = {}
         for kind in ("linear", "cubic", "nearest"):
             t0 = time.perf_counter()
@@ -90,8 +100,10 @@ def portion_table(bank, models: dict[str, Any], widths=WIDTHS, n_portions: int =
             fills[name] = (_model_log_predictions(model, log_counts, gap), time.perf_counter() - t0)
         for name, (pred, seconds) in fills.items():
             pcc = pcc_gap(log_counts, pred, gap, log=False)
-            entry = result["methods"].setdefault(name, {"pcc": [], "pcc_vs_expected": [], "seconds_per_portion": []})
+            entry = result["methods"].setdefault(name, {"pcc": [], "pcc_signal": [], "pcc_vs_expected": [],
+                                                        "seconds_per_portion": []})
             entry["pcc"].append(float(np.nanmean(pcc)))
+            entry["pcc_signal"].append(float(np.nanmean(pcc[signal])) if signal.any() else None)
             entry["pcc_vs_expected"].append(float(np.nanmean(pcc_gap(log_expected, pred, gap, log=False))))
             entry["seconds_per_portion"].append(seconds / n)
             result["per_portion"].setdefault(name, []).append(np.nan_to_num(pcc, nan=0.0).tolist())
@@ -214,7 +226,16 @@ def _markdown(portions: dict, arrays: dict | None) -> str:
                      f" | {1000 * np.mean(m['seconds_per_portion']):.1f} |")
     lines.append("| Poisson ceiling | " + " | ".join(f"{v:.3f}" for v in portions["ceiling"]) + " |" +
                  " |" * (len(widths) + 1))
-    lines.append("| paper (Table 1, experimental portions) | 0.989 | 0.977 | 0.955 | 0.946 |" + " |" * (len(widths) + 1))
+    lines += ["", f"Signal-dominated portions only (Poisson ceiling >= {SIGNAL_CEILING}; "
+                  f"{', '.join(str(n) for n in portions['n_signal'])} portions for widths "
+                  f"{', '.join(str(w) for w in widths)}): closest to the paper's experimental portions.", "",
+              "| method | " + " | ".join(f"PCC w={w}" for w in widths) + " |", "|---|" + "---|" * len(widths)]
+    fmt = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
+    for name, m in portions["methods"].items():
+        lines.append(f"| {name} | " + " | ".join(fmt(v) for v in m["pcc_signal"]) + " |")
+    lines.append("| Poisson ceiling | " + " | ".join(fmt(v) for v in portions["ceiling_signal"]) + " |")
+    lines.append("| paper (Table 1, experimental portions) | 0.989 | 0.977 | 0.955 | 0.946 |")
+
     if arrays:
         names = [k for k in arrays["arrays"][0] if k.endswith("_seconds")]
         methods = [k[:-8] for k in names]
