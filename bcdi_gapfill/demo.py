@@ -30,13 +30,13 @@ def before_after_figure(path: str | Path, counts: np.ndarray, gap: np.ndarray, f
     panels = {"measured (gap masked)": np.where(gap, np.nan, counts)[frame], **{k: v[frame] for k, v in fills.items()},
               "truth": counts[frame]}
     norm = LogNorm(vmin=0.5, vmax=max(float(counts[frame].max()), 1.0))
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.4))
+    fig, axes = plt.subplots(1, len(panels), figsize=(2.9 * len(panels) + 0.8, 3.3), constrained_layout=True)
     for ax, (title, image) in zip(axes, panels.items()):
         im = ax.imshow(image + 0.5, norm=norm, cmap="turbo")
         ax.set_title(title, fontsize=9)
         ax.set_xlabel("detector column")
-        ax.set_ylabel("detector row")
-    fig.colorbar(im, ax=axes, shrink=0.8, label="photon counts + 0.5")
+    axes[0].set_ylabel("detector row")
+    fig.colorbar(im, ax=axes, shrink=0.85, label="photon counts + 0.5")
     fig.savefig(path, dpi=100)
     plt.close(fig)
 
