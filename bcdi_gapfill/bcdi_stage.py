@@ -107,14 +107,6 @@ def _state_dict_sha256(net: Any) -> str:
     return digest.hexdigest()
 
 
-def _file_sha256(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _weights_record(model: Any) -> dict:
     """Which weights filled the gap: path and SHA-256 (of the file, or of the state dict)."""
     if model is None:
@@ -122,7 +114,7 @@ def _weights_record(model: Any) -> dict:
         info = default_model_info()
         return {"weights": info.get("weights"), "weights_sha256": info.get("sha256"), "weights_sha256_of": "file"}
     if isinstance(model, (str, os.PathLike)):
-        return {"weights": str(Path(model).resolve()), "weights_sha256": _file_sha256(model),
+        return {"weights": str(Path(model).resolve()), "weights_sha256": gio.file_sha256(model),
                 "weights_sha256_of": "file"}
     return {"weights": f"<in-memory {type(model).__name__}>", "weights_sha256": _state_dict_sha256(model),
             "weights_sha256_of": "state_dict"}
@@ -330,9 +322,9 @@ def fill_bcdi_files(data_path: str | os.PathLike, mask_path: str | os.PathLike |
     data, mask = gio.load_data_and_mask(data_path, mask_path, data_key=data_key, mask_key=mask_key)
     filled, new_mask, record = fill_bcdi_arrays(data, mask, detector=detector, roi=roi, binning=binning,
                                                 method=method, model=model, stride=stride, **inpaint_kwargs)
-    record["inputs"] = {"data": str(Path(data_path).resolve()), "data_sha256": _file_sha256(data_path)}
+    record["inputs"] = {"data": str(Path(data_path).resolve()), "data_sha256": gio.file_sha256(data_path)}
     if mask_path is not None:
-        record["inputs"].update(mask=str(Path(mask_path).resolve()), mask_sha256=_file_sha256(mask_path))
+        record["inputs"].update(mask=str(Path(mask_path).resolve()), mask_sha256=gio.file_sha256(mask_path))
     record["outputs"] = {role: str(path.resolve()) for role, path in paths.items()}
 
     gio.save_array(paths["data"], filled, overwrite=overwrite, protect=protect)

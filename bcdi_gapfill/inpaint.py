@@ -57,6 +57,8 @@ from typing import Any
 
 import numpy as np
 
+from bcdi_gapfill.io import file_sha256
+
 __all__ = ["inpaint", "load_model", "default_model_info", "plan_windows", "estimate_memory",
            "DEFAULT_WEIGHTS", "CLASSICAL_METHODS"]
 
@@ -65,14 +67,6 @@ DEFAULT_WEIGHTS = WEIGHTS_DIR / "gapfill_default.pt"
 CLASSICAL_METHODS = ("biharmonic", "linear", "cubic", "nearest", "zero")
 # A band is a plane of the gap when at least this fraction of it is missing.
 _BAND_FILL = 0.9
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _card_path(weights: Path) -> Path:
@@ -92,7 +86,7 @@ def _load_cached(path_str: str, device_str: str):
     if card_file.is_file():
         card = json.loads(card_file.read_text())
         expected = card.get("sha256")
-        if expected and _sha256(path) != expected:
+        if expected and file_sha256(path) != expected:
             raise ValueError(f"weights file {path} is corrupted or was replaced: its SHA-256 does not match "
                              f"the model card {card_file.name} ({expected[:12]}...)")
     try:
@@ -103,7 +97,7 @@ def _load_cached(path_str: str, device_str: str):
         raise ValueError(f"cannot load model weights from {path}: not a bcdi-gapfill weights file "
                          f"or corrupted ({type(exc).__name__}: {exc})") from None
     model.eval().to(torch.device(device_str), memory_format=torch.channels_last_3d)
-    info = {"weights": str(path), "sha256": card.get("sha256") or _sha256(path),
+    info = {"weights": str(path), "sha256": card.get("sha256") or file_sha256(path),
             "config": payload["config"], **{k: v for k, v in card.items() if k in ("max_gap_width", "name")}}
     return model, info
 

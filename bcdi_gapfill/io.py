@@ -47,6 +47,7 @@ __all__ = [
     "save_array",
     "atomic_write_bytes",
     "atomic_write_text",
+    "file_sha256",
 ]
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -826,3 +827,13 @@ def save_array(
         writer(tmp, array=array, mask=mask, attrs=checked_attrs, key=key, final_path=dest)
 
     return _atomic_write(dest, write, overwrite=overwrite, protect=protect)
+
+
+def file_sha256(path: PathLike) -> str:
+    """SHA-256 of a file's bytes, read in 1 MiB blocks (weights checks, provenance records)."""
+    import hashlib
+    digest = hashlib.sha256()
+    with open(_as_path(path), "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
