@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 import h5py
 import numpy as np
@@ -24,7 +24,8 @@ from torch.utils.data import Dataset
 
 __all__ = [
     "WINDOW", "MIN_SCALE", "log_normalise", "log_denormalise", "choose_portions", "portion_gap_mask",
-    "PortionBank", "build_portion_bank", "cached_portion_bank", "GapPortionDataset", "portions_from_array",
+    "PortionBank", "build_portion_bank", "signal_pcc", "select_portions", "cached_portion_bank",
+    "GapPortionDataset", "portions_from_array",
 ]
 
 WINDOW = 32
@@ -213,20 +214,44 @@ def cached_portion_bank(n_patterns: int, first_seed: int, size: int = 128,
     return bank
 
 
+def signal_pcc(bank: PortionBank) -> np.ndarray:
+    """Per portion, the Pearson correlation of log1p counts with log1p of the noise-free
+    expectation over the whole portion: near 1 where fringes dominate, near 0 where Poisson
+    noise does. (N,) float. Needs a bank with an expectation (simulations)."""
+    n = len(bank)
+    out = np.empty(n)
+    for i in range(n):
+        a = bank.log_counts[i].astype(np.float64).ravel()
+        b = bank.log_expected[i].astype(np.float64).ravel()
+        a -= a.mean()
+        b -= b.mean()
+        out[i] = (a @ b) / (np.sqrt((a @ a) * (b @ b)) + 1e-12)
+    return out
+
+
+def select_portions(bank: PortionBank, index: np.ndarray) -> PortionBank:
+    """The portions of ``bank`` at ``index`` (int array), as a new bank."""
+    return PortionBank(bank.log_counts[index], bank.log_expected[index], bank.mean_counts[index],
+                       bank.oversampling[index])
+
+
 class GapPortionDataset(Dataset):
     """Portions with random artificial gaps, ready for the network.
 
     Each item is ``(inputs, target, gap)``: inputs (2, 32, 32, 32) = [log_norm with the gap
     zeroed, gap mask], target (1, 32, 32, 32) = normalised log1p of the expectation (clipped to
-    0..1), gap (1, 32, 32, 32) bool. Gap widths are drawn from ``widths``; with
+    0..1), gap (1, 32, 32, 32) bool; with ``prefill`` (a function of the (1, 1, 32, 32, 32)
+    log_norm and gap, e.g. `bcdi_gapfill.model.compute_prefill`) a fourth item, the
+    prefilled channel (1, 32, 32, 32), computed in the loader's worker. Gap widths are drawn from ``widths``; with
     ``augment`` the two detector axes are randomly flipped and swapped. With ``fixed=True``
     the gap and augmentation of item i are the same at every call (validation, test).
     """
 
     def __init__(self, bank: PortionBank, widths: Iterable[int] = (3, 6, 9, 12), *,
                  cross_probability: float = 0.3, augment: bool = True, fixed: bool = False,
-                 seed: int = 0):
+                 seed: int = 0, prefill: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None):
         self.bank = bank
+        self.prefill = prefill
         self.widths = tuple(int(w) for w in widths)
         self.cross_probability = cross_probability
         self.augment = augment
@@ -255,6 +280,9 @@ class GapPortionDataset(Dataset):
         log_norm = np.where(gap, 0.0, log_counts / scale).astype(np.float32)
         target = np.clip(log_expected / scale, 0.0, 1.0).astype(np.float32)
         inputs = np.stack([log_norm, gap.astype(np.float32)])
-        return (torch.from_numpy(np.ascontiguousarray(inputs)),
+        item = (torch.from_numpy(np.ascontiguousarray(inputs)),
                 torch.from_numpy(np.ascontiguousarray(target[None])),
                 torch.from_numpy(np.ascontiguousarray(gap[None])))
+        if self.prefill is None:
+            return item
+        return (*item, self.prefill(item[0][None, :1], item[2][None])[0])

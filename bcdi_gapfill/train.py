@@ -19,6 +19,7 @@ import math
 import os
 import time
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +28,9 @@ import torch
 from torch.nn import functional as F
 from torch.utils.data import DataLoader
 
-from bcdi_gapfill.dataset import GapPortionDataset, PortionBank, cached_portion_bank
-from bcdi_gapfill.model import UNetConfig, build_model, CONFIGS
+from bcdi_gapfill.dataset import (GapPortionDataset, PortionBank, cached_portion_bank, select_portions,
+                                  signal_pcc)
+from bcdi_gapfill.model import UNetConfig, build_model, compute_prefill, CONFIGS
 
 __all__ = ["TrainConfig", "gap_loss", "train", "load_train_config", "evaluate_loss"]
 
@@ -50,6 +52,16 @@ class TrainConfig:
     user_data: list[str] = field(default_factory=list)  # measured arrays to cut portions from
     widths: list[int] = field(default_factory=lambda: [3, 6, 9, 12])
     cross_probability: float = 0.3
+    # Most peripheral simulated portions are Poisson-noise dominated: nothing in their gap is
+    # predictable beyond a smooth fill, so they teach the network little. With
+    # ``min_signal_pcc`` set, training keeps the portions whose log counts correlate at least
+    # this well with the noise-free expectation (`dataset.signal_pcc`) and a random
+    # ``noise_keep_fraction`` of the others (so it still learns to leave noise alone).
+    min_signal_pcc: float | None = None
+    noise_keep_fraction: float = 1.0
+    # Data-loading worker processes; with a biharmonic-prefill model they also compute the
+    # prefill, off the optimisation thread (a third of a CPU training step otherwise).
+    loader_workers: int = 0
     batch_size: int = 16
     epochs: int = 10
     max_steps: int | None = None
@@ -125,12 +137,17 @@ def evaluate_loss(model: torch.nn.Module, loader: DataLoader, cfg: TrainConfig, 
     model.eval()
     sums: dict[str, float] = {}
     n = 0
-    for inputs, target, gap in loader:
-        inputs, target, gap = inputs.to(device), target.to(device), gap.to(device)
-        pred = model(inputs, gap)
+    plain = getattr(model, "module", model)  # unwrap DistributedDataParallel
+    for batch in loader:
+        inputs, target, gap = (t.to(device) for t in batch[:3])
+        base = batch[3].to(device) if len(batch) > 3 else plain.prefill(inputs[:, :1], gap)
+        pred = model(inputs, gap, base)
         loss, parts = gap_loss(pred, target, gap, inputs[:, :1], cfg.w_mae, cfg.w_ssim, cfg.w_grad)
         parts["loss"] = float(loss)
         parts["pcc"] = float(_batch_pcc(pred, target, gap).mean())
+        if plain.config.prefill != "zero":
+            # The classical fill the residual head starts from: what the network must beat.
+            parts["pcc_prefill"] = float(_batch_pcc(base, target, gap).mean())
         for k, v in parts.items():
             sums[k] = sums.get(k, 0.0) + v * len(inputs)
         n += len(inputs)
@@ -151,6 +168,19 @@ def _banks(paths: list[str], n_sim: int, first_seed: int, size: int, cache_dir: 
     if not banks:
         raise ValueError("no training data: give train_data files or simulate_train > 0")
     return PortionBank.concatenate(banks)
+
+
+def _signal_subset(bank: PortionBank, min_pcc: float, noise_keep: float, seed: int, rank: int) -> PortionBank:
+    pcc = signal_pcc(bank)
+    rng = np.random.default_rng(seed)
+    keep = (pcc >= min_pcc) | (rng.random(len(pcc)) < noise_keep)
+    if not keep.any():
+        raise ValueError(f"min_signal_pcc={min_pcc} keeps no training portion (largest signal PCC "
+                         f"{np.nanmax(pcc):.3f}); lower it")
+    if rank == 0:
+        print(f"training on {int(keep.sum())} of {len(pcc)} portions: {int((pcc >= min_pcc).sum())} with "
+              f"signal PCC >= {min_pcc} and {int((keep & (pcc < min_pcc)).sum())} noise-dominated ones")
+    return select_portions(bank, np.flatnonzero(keep))
 
 
 def train(cfg: TrainConfig, *, progress: bool = True) -> dict:
@@ -190,18 +220,26 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> dict:
         train_bank = PortionBank.concatenate([train_bank, *user])
     val_bank = _banks(cfg.val_data, cfg.simulate_val, cfg.val_first_seed, cfg.simulate_size, cfg.cache_dir) \
         if (cfg.val_data or cfg.simulate_val) else None
+    if cfg.min_signal_pcc is not None:
+        # Validation follows the training distribution, so that best.pt is chosen on it.
+        train_bank = _signal_subset(train_bank, cfg.min_signal_pcc, cfg.noise_keep_fraction, cfg.seed, rank)
+        if val_bank is not None:
+            val_bank = _signal_subset(val_bank, cfg.min_signal_pcc, cfg.noise_keep_fraction, cfg.seed + 1, rank)
 
+    model_cfg = CONFIGS[cfg.model] if isinstance(cfg.model, str) else UNetConfig(**cfg.model)
+    prefill = partial(compute_prefill, config=model_cfg) \
+        if cfg.loader_workers and model_cfg.prefill != "zero" else None
     train_set = GapPortionDataset(train_bank, cfg.widths, cross_probability=cfg.cross_probability,
-                                  augment=True, seed=cfg.seed)
+                                  augment=True, seed=cfg.seed, prefill=prefill)
     sampler = torch.utils.data.DistributedSampler(train_set, seed=cfg.seed) if distributed else None
     generator = torch.Generator().manual_seed(cfg.seed)
     train_loader = DataLoader(train_set, batch_size=cfg.batch_size, shuffle=sampler is None,
-                              sampler=sampler, drop_last=True, generator=generator)
+                              sampler=sampler, drop_last=True, generator=generator,
+                              num_workers=cfg.loader_workers, persistent_workers=cfg.loader_workers > 0)
     val_loader = DataLoader(GapPortionDataset(val_bank, cfg.widths, cross_probability=cfg.cross_probability,
                                               augment=False, fixed=True, seed=cfg.seed + 1),
                             batch_size=cfg.batch_size) if val_bank is not None else None
 
-    model_cfg = CONFIGS[cfg.model] if isinstance(cfg.model, str) else UNetConfig(**cfg.model)
     # channels-last 3D puts CPU convolutions on oneDNN's fast path (3x faster backward here).
     model = build_model(model_cfg).to(device, memory_format=torch.channels_last_3d)
     net = torch.nn.parallel.DistributedDataParallel(model) if distributed else model
@@ -249,11 +287,12 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> dict:
         bar = tqdm(total=steps_per_epoch, initial=max(skip, 0), disable=not progress or rank != 0,
                    desc=f"epoch {state['epoch'] + 1}/{cfg.epochs}")
         running = []
-        for i, (inputs, target, gap) in enumerate(train_loader):
+        for i, batch in enumerate(train_loader):
             if i < skip:
                 continue
-            inputs, target, gap = inputs.to(device), target.to(device), gap.to(device)
-            pred = net(inputs.to(memory_format=torch.channels_last_3d), gap)
+            inputs, target, gap = (t.to(device) for t in batch[:3])
+            base = batch[3].to(device) if len(batch) > 3 else None
+            pred = net(inputs.to(memory_format=torch.channels_last_3d), gap, base)
             loss, parts = gap_loss(pred, target, gap, inputs[:, :1], cfg.w_mae, cfg.w_ssim, cfg.w_grad)
             optimiser.zero_grad(set_to_none=True)
             loss.backward()

@@ -82,3 +82,38 @@ def test_config_unknown_key(tmp_path):
     path.write_text("epochs: 2\nbogus: 1\n")
     with pytest.raises(ValueError, match="bogus"):
         load_train_config(path)
+
+
+def test_signal_subset_keeps_signal_portions_and_a_share_of_noise(tiny_bank, capsys):
+    from bcdi_gapfill.dataset import signal_pcc
+    from bcdi_gapfill.train import _signal_subset
+    pcc = signal_pcc(tiny_bank)
+    assert pcc.shape == (len(tiny_bank),) and np.all(np.abs(pcc) <= 1 + 1e-9)
+    threshold = float(np.median(pcc))
+    only_signal = _signal_subset(tiny_bank, threshold, 0.0, 0, 0)
+    assert len(only_signal) == int((pcc >= threshold).sum())
+    assert np.all(signal_pcc(only_signal) >= threshold - 1e-9)
+    assert len(_signal_subset(tiny_bank, threshold, 1.0, 0, 0)) == len(tiny_bank)
+    with pytest.raises(ValueError, match="keeps no training portion"):
+        _signal_subset(tiny_bank, 2.0, 0.0, 0, 0)
+
+
+def test_prefill_computed_by_the_dataset_matches_the_model(tiny_bank):
+    from functools import partial
+    from bcdi_gapfill.model import build_model, compute_prefill
+    model = build_model({"filters": [4, 8, 8, 8], "final_filters": [4, 4, 4], "prefill_iterations": 20}).eval()
+    data = GapPortionDataset(tiny_bank, (6,), augment=False, fixed=True,
+                             prefill=partial(compute_prefill, config=model.config))
+    inputs, _, gap, base = next(iter(DataLoader(data, batch_size=3)))
+    torch.testing.assert_close(base, model.prefill(inputs[:, :1], gap))
+    torch.testing.assert_close(model(inputs, gap, base), model(inputs, gap))
+
+
+def test_training_with_prefill_worker_and_signal_subset(tmp_path, tiny_bank):
+    bank = _bank_file(tmp_path, tiny_bank)
+    model = {"filters": [4, 8, 8, 8], "final_filters": [4, 4, 4], "prefill_iterations": 10}
+    cfg = TrainConfig(out_dir=str(tmp_path / "run"), model=model, train_data=[bank], val_data=[bank],
+                      batch_size=4, epochs=1, max_steps=2, checkpoint_every=1000, cache_dir=None,
+                      min_signal_pcc=0.5, noise_keep_fraction=0.5, loader_workers=1)
+    metrics = train(cfg, progress=False)
+    assert metrics["step"] == 2 and "val_pcc_prefill" in metrics
