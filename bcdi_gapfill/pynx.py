@@ -31,15 +31,21 @@ array corner; ``cdi.get_iobs(shift=True)`` gives the centred, detector-frame arr
 
 Tested with
 -----------
-ESRF PyNX 2022.1, CPU build (``pynx.cdi.cpu_operator``), numpy 2. What differs on GPU builds
-(CUDA/OpenCL operators, not tested here):
+ESRF PyNX 2022.1, CPU build (``pynx.cdi.cpu_operator``; the wheel of ``shared/third_party``,
+patched only for numpy 2), numpy 2.4, in ``tests/test_pynx_operator.py`` and
+``tests/test_pynx_parity.py``. Later releases (2023.x, 2024.x) keep the ``CDI`` object and
+the ``OperatorCDI`` base class this module relies on, but were not tested. What differs on
+GPU builds (CUDA/OpenCL operators, not tested here):
 
 * The estimated-value projection exists only in the GPU operators: their
-  ``ApplyAmplitude``/``ER``/``HIO``/``RAAR`` pull a masked voxel carrying an estimate
-  towards ``[confidence_interval_factor_mask_min, confidence_interval_factor_mask_max] *
-  I_est`` (PyNX defaults 0.5 and 1.2). The CPU operators leave every ``iobs < 0`` voxel
-  free (masked, estimated and free-LLK voxels alike), so ``mode="estimate"`` changes
-  nothing in a CPU reconstruction; ``mode="replace"`` does.
+  ``ApplyAmplitude``/``ER``/``HIO``/``RAAR`` (``CalcAmplitudeScale`` in PyNX's
+  ``cdi/cuda/apply_amplitude_elw.cu`` and its OpenCL twin) pull a masked voxel whose
+  ``iobs`` lies in ``]-1e38, -1e19]`` towards ``[confidence_interval_factor_mask_min,
+  confidence_interval_factor_mask_max] * I_est`` (PyNX defaults 0.5 and 1.2) and leave it
+  free inside that band; ``iobs <= -1e38`` and free-LLK voxels stay free. The CPU
+  ``ApplyAmplitude`` sets the scale to 1 on every ``iobs < 0`` voxel (masked, estimated and
+  free-LLK alike), so ``mode="estimate"`` changes nothing in a CPU reconstruction;
+  ``mode="replace"`` does, on every build.
 * GPU operators upload ``iobs`` again when the CDI object's timestamp changed, which this
   operator bumps, so the filled ``iobs`` reaches the GPU for the next operator.
 """

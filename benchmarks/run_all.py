@@ -20,7 +20,7 @@ import _common as C  # noqa: E402
 
 # Cheapest first, so that a quick look at the first tables needs no wait.
 SUITE = ["bench_components", "bench_seams", "bench_training", "bench_speedup", "bench_inpaint_strides",
-         "bench_large"]
+         "bench_large", "bench_phasing"]
 
 
 def main(argv=None) -> int:
@@ -38,7 +38,7 @@ def main(argv=None) -> int:
     for name in names:
         module = importlib.import_module(name)
         args = ["--quick"] if opts.quick else []
-        if opts.weights and name not in ("bench_training", "bench_components"):
+        if opts.weights and name not in ("bench_training", "bench_components", "bench_phasing"):
             args += ["--weights", opts.weights]
         if opts.threads and name != "bench_speedup":
             args += ["--threads", str(opts.threads)]

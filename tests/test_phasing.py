@@ -1,6 +1,7 @@
 """Tests of the embedded phase-retrieval engine (torch) and of its PyNX backend."""
 from __future__ import annotations
 
+import os
 import sys
 
 import numpy as np
@@ -219,6 +220,81 @@ def test_raar_runs_and_reduces_llk():
     before = st.llk()
     st = P.ER() ** 20 * P.RAAR(0.9) ** 50 * st
     assert st.llk() < before / 10
+
+
+# ------------------------------------------------------------------- CPU kernels
+def _one_iteration(op, kernels, intensity, sup, free, seed=3):
+    st = P.CDIState(intensity, support=sup, free_mask=free, device="cpu", llk_every=1)
+    if kernels is None:
+        st._kernels = None
+    st = op * (P.InitRandom(seed) * st)
+    return st.get_obj(), st.llk_history
+
+
+@pytest.mark.parametrize("op", [P.ER(), P.HIO(0.7), P.RAAR(0.8), P.FourierApplyAmplitude()], ids=repr)
+def test_numba_kernels_match_the_torch_operations(op):
+    kernels = P._numba_kernels()
+    if kernels is None:
+        pytest.skip("numba not installed")
+    _, intensity, sup = _particle(16, 5.0)
+    free = np.zeros(intensity.shape, bool)
+    free[:, 9:11, :] = True
+    ref, ref_llk = _one_iteration(op, None, intensity, sup, free)
+    out, out_llk = _one_iteration(op, kernels, intensity, sup, free)
+    # float32 rounding only (torch multiplies by rsqrt, the kernels divide by sqrt).
+    np.testing.assert_allclose(out, ref, rtol=0, atol=1e-5 * np.abs(ref).max())
+    assert [v for _, v in out_llk] == pytest.approx([v for _, v in ref_llk], rel=1e-6)
+    if isinstance(op, P.ER):
+        assert np.abs(out[~sup]).max() == 0
+
+
+def test_numba_kernels_split_over_threads_give_the_same_bits(monkeypatch):
+    kernels = P._numba_kernels()
+    if kernels is None:
+        pytest.skip("numba not installed")
+    rng = np.random.default_rng(0)
+    n = 5000
+    g = (rng.normal(size=n) + 1j * rng.normal(size=n)).astype(np.complex64)
+    amp = np.where(rng.random(n) < 0.2, -1, rng.random(n)).astype(np.float32)
+    obj = (rng.normal(size=n) + 1j * rng.normal(size=n)).astype(np.complex64)
+    inside = rng.random(n) < 0.4
+    calls = {}
+    for split in (False, True):
+        monkeypatch.setattr(P, "_MIN_SPLIT", 256 if split else 10 ** 9)
+        threads = torch.get_num_threads()
+        torch.set_num_threads(3)
+        try:
+            g2, o2, p2 = g.copy(), obj.copy(), g.copy()
+            kernels.project(g2, amp, np.float32(0.5))
+            kernels.update(o2, g, inside, np.float32(1.0), np.float32(-0.9))
+            kernels.apply_support(p2, inside)
+        finally:
+            torch.set_num_threads(threads)
+        calls[split] = (g2, o2, p2)
+    if (os.cpu_count() or 1) >= 2:
+        assert kernels._pool_size >= 2  # the split did run in threads
+    for a, b in zip(calls[False], calls[True]):
+        np.testing.assert_array_equal(a, b)
+    g2, o2, p2 = calls[True]
+    free = amp < 0
+    np.testing.assert_allclose(g2[free], 0.5 * g[free], rtol=1e-6)
+    np.testing.assert_allclose(np.abs(g2[~free]), amp[~free], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(o2, np.where(inside, g, obj - np.float32(0.9) * g), rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(p2, np.where(inside, g, 0))
+
+
+def test_without_numba_the_torch_operations_run(monkeypatch):
+    monkeypatch.setitem(sys.modules, "numba", None)  # makes `import numba` fail
+    P._numba_kernels.cache_clear()
+    try:
+        assert P._numba_kernels() is None
+        _, intensity, sup = _particle(16, 5.0)
+        st = P.CDIState(intensity, support=sup, device="cpu")
+        assert st._kernels is None
+        st = P.ER() ** 5 * P.HIO() ** 5 * P.InitRandom(0) * st
+        assert st.iteration == 10 and np.isfinite(st.llk())
+    finally:
+        P._numba_kernels.cache_clear()
 
 
 # ------------------------------------------------------------------------------- GPU
