@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -53,15 +54,47 @@ def _gap_from_args(args: argparse.Namespace, data, mask):
     return gap
 
 
+def _inpaint_outputs(output: str) -> tuple[Path, Path]:
+    """The two files ``inpaint`` writes: the data (with its mask) and the record (with the uncertainty)."""
+    out_path = Path(output)
+    return out_path, out_path.with_name(out_path.stem + "_gapfill_record.npz")
+
+
+def _check_outputs_free(paths: list[Path], *, overwrite: bool, protect: list) -> None:
+    """Refuse, before anything is read or computed, outputs that the writes would refuse."""
+    from bcdi_gapfill import io
+    for path in paths:
+        if io._suffix(path) == ".npy":  # also raises on an unsupported suffix
+            raise ValueError(f"{path}: a .npy file holds a single array, so the mask and attributes cannot be "
+                             "stored; use .npz, .h5 or .cxi")
+        for protected in protect:
+            if io._same_file(path, Path(protected)):
+                raise ValueError(f"refusing to write {path}: it is the protected input {protected}")
+        if path.is_dir():
+            raise ValueError(f"cannot write {path}: it is a directory")
+        if not path.parent.is_dir():
+            raise FileNotFoundError(f"cannot write {path}: directory {path.parent} does not exist")
+    existing = [str(p) for p in paths if os.path.lexists(p)]
+    if existing and not overwrite:
+        raise FileExistsError(f"outputs exist: {', '.join(existing)}; pass --overwrite to replace them")
+
+
 def _cmd_inpaint(args: argparse.Namespace) -> int:
+    import io as _io
+
     import numpy as np
     from bcdi_gapfill import io
     from bcdi_gapfill.inpaint import inpaint, default_model_info
 
+    protect = [args.input] + ([args.mask] if args.mask else [])
+    out_path, extra_path = _inpaint_outputs(args.output)
+    _check_outputs_free([out_path, extra_path], overwrite=args.overwrite, protect=protect)
     data, mask = io.load_data_and_mask(args.input, args.mask, data_key=args.key)
     gap = _gap_from_args(args, data, mask)
+    run_info: dict = {}
     result = inpaint(data, gap, method=args.method, model=args.weights, stride=args.stride,
-                     device=args.device, flips=args.flips, return_uncertainty=args.uncertainty, progress=True)
+                     device=args.device, batch_size=args.batch_size, flips=args.flips,
+                     return_uncertainty=args.uncertainty, progress=True, run_info=run_info)
     filled, uncertainty = result if args.uncertainty else (result, None)
     new_mask = (np.zeros(data.shape, np.int8) if mask is None else (np.asarray(mask) != 0).astype(np.int8))
     new_mask[gap] = 0  # gap voxels are now data, no longer masked
@@ -69,27 +102,31 @@ def _cmd_inpaint(args: argparse.Namespace) -> int:
               "method": args.method, "stride": args.stride, "flips": args.flips,
               "gap_voxels_filled": int(gap.sum())}
     if args.method == "model":
-        info = default_model_info() if args.weights is None else {"weights": str(args.weights)}
-        record["weights"], record["weights_sha256"] = info.get("weights"), info.get("sha256")
-    protect = [args.input] + ([args.mask] if args.mask else [])
-    out = io.save_array(args.output, filled, mask=new_mask, attrs=record, overwrite=args.overwrite, protect=protect)
-    out_path = Path(out)
-    extra_path = out_path.with_name(out_path.stem + "_gapfill_record.npz")
+        if args.weights is None:
+            info = default_model_info()
+            record["weights"], record["weights_sha256"] = info.get("weights"), info.get("sha256")
+        else:
+            record["weights"], record["weights_sha256"] = str(args.weights), io.file_sha256(args.weights)
+        record.update(device=run_info.get("device"), batch_size=run_info.get("batch_size"),
+                      windows=run_info.get("n_windows"))
+    io.save_array(out_path, filled, mask=new_mask, attrs=record, overwrite=args.overwrite, protect=protect)
     extras = {"filled_voxels": gap}
     if uncertainty is not None:
         extras["uncertainty_log1p"] = uncertainty
-    import io as _io
     buffer = _io.BytesIO()
     np.savez_compressed(buffer, **extras, metadata=json.dumps(record))
     io.atomic_write_bytes(extra_path, buffer.getvalue(), overwrite=args.overwrite, protect=protect)
-    print(f"filled {int(gap.sum())} gap voxels -> {out_path} (record: {extra_path.name})")
+    batch = f", batch size {record['batch_size']}" if args.method == "model" else ""
+    print(f"filled {int(gap.sum())} gap voxels{batch} -> {out_path} (record: {extra_path.name})")
     return 0
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from bcdi_gapfill.evaluate import run_evaluation
     run_evaluation(args.out, n_portions=args.portions, n_arrays=args.arrays, weights=args.weights,
-                   overwrite=args.overwrite, paper_weights=args.paper_weights)
+                   overwrite=args.overwrite, paper_weights=args.paper_weights,
+                   array_widths=tuple(int(w) for w in args.widths.split(",")), stride=args.stride,
+                   num_threads=args.threads, n_scans=args.scans)
     return 0
 
 
@@ -151,6 +188,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", default=None, help="weights file (default: shipped model)")
     p.add_argument("--stride", type=int, default=None)
     p.add_argument("--device", default=None)
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="windows per forward pass (default 16 on CPU, 128 on GPU; halved on out-of-memory)")
     p.add_argument("--flips", action="store_true", help="test-time flips of the detector axes")
     p.add_argument("--uncertainty", action="store_true", help="also write the per-voxel uncertainty")
     p.add_argument("--overwrite", action="store_true")
@@ -162,6 +201,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--arrays", type=int, default=4)
     p.add_argument("--weights", default=None)
     p.add_argument("--paper-weights", default=None, help="weights of the paper-architecture reference model")
+    p.add_argument("--widths", default="3,6,9,12", help="cross-gap widths of the whole-array table")
+    p.add_argument("--stride", type=int, default=None, help="model window stride on whole arrays")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (1 on a shared CPU)")
+    p.add_argument("--scans", type=int, default=3, help="cdiutils-simulated Maxipix scans (needs cdiutils)")
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=_cmd_evaluate)
 
@@ -189,7 +232,29 @@ def build_parser() -> argparse.ArgumentParser:
 
     from bcdi_gapfill.bcdi_stage import add_bcdi_parser
     add_bcdi_parser(sub)
+    from bcdi_gapfill.batch import add_batch_parser
+    add_batch_parser(sub)
+    from bcdi_gapfill.finetune import add_finetune_parser
+    add_finetune_parser(sub)
     return parser
+
+
+# Errors a user can act on: bad input, files (missing, existing, a directory, no permission,
+# a full disk), a missing optional dependency, memory. Anything else is a bug and keeps its
+# traceback.
+_USER_ERRORS = (ValueError, TypeError, OSError, ImportError, MemoryError)
+
+
+def _is_package_error(exc: BaseException) -> bool:
+    """An exception class of bcdi_gapfill itself (e.g. phasing.SupportError), found without importing it."""
+    return any(cls.__module__.split(".")[0] == "bcdi_gapfill" for cls in type(exc).__mro__)
+
+
+def _error_text(exc: BaseException) -> str:
+    text = str(exc)
+    if isinstance(exc, MemoryError) and not text:
+        return "out of memory (MemoryError): free memory, or process a smaller array"
+    return text or type(exc).__name__
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -197,8 +262,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, TypeError, FileNotFoundError, FileExistsError) as exc:
-        print(f"bcdi-gapfill {args.command}: error: {exc}", file=sys.stderr)
+    except Exception as exc:
+        if not (isinstance(exc, _USER_ERRORS) or _is_package_error(exc)):
+            raise
+        print(f"bcdi-gapfill {args.command}: error: {_error_text(exc)}", file=sys.stderr)
         return 2
 
 

@@ -99,6 +99,9 @@ def _load_cached(path_str: str, device_str: str):
     model.eval().to(torch.device(device_str), memory_format=torch.channels_last_3d)
     info = {"weights": str(path), "sha256": card.get("sha256") or file_sha256(path),
             "config": payload["config"], **{k: v for k, v in card.items() if k in ("max_gap_width", "name")}}
+    # The model object carries its card, so that inpaint(model=net) serves the same gap
+    # widths as inpaint(model=path).
+    model.gapfill_info = dict(info)
     return model, info
 
 
@@ -110,7 +113,12 @@ def _device(device: str | None) -> str:
 
 
 def load_model(weights: str | Path | None = None, device: str | None = None):
-    """Load (once, then cached) a model and its info dict; ``None`` is the shipped default."""
+    """Load (once, then cached) a model and its info dict; ``None`` is the shipped default.
+
+    The info dict (weights path, SHA-256, architecture and the model card's ``max_gap_width``
+    and ``name``) is also the model's ``gapfill_info`` attribute, so that passing the loaded
+    model object to :func:`inpaint` applies the card's gap-width limit, as passing the path does.
+    """
     path = Path(weights) if weights is not None else DEFAULT_WEIGHTS
     return _load_cached(str(path.resolve()), _device(device))
 
@@ -516,6 +524,16 @@ def _forward(net, x, g, prefill=None):
     return type(net).forward(_WithPrefill(net, prefill), x, g)
 
 
+# Half the window: measured within 0.1% of stride 1 (in-gap MAE) with the shipped weights, at
+# 3.6x fewer windows than stride 8 (docs/benchmarks.md, bench_inpaint_strides.py).
+DEFAULT_STRIDE = 16
+
+# Test-time flips of a (batch, channel, frames, rows, columns) window tensor: the two
+# detector axes, rows and columns, the flips that training augments with (the frame axis
+# is the rocking angle, not a detector axis, and was never flipped in training).
+_FLIP_VIEWS = ((3,), (4,), (3, 4))
+
+
 def _predict_windows(model, batch_counts: np.ndarray, batch_gap: np.ndarray, device: str,
                      flips: bool, prefill=None, autocast_dtype=None) -> np.ndarray:
     """log1p(counts) predicted for a batch of windows, (B, n_views, D, H, W)."""
@@ -525,7 +543,7 @@ def _predict_windows(model, batch_counts: np.ndarray, batch_gap: np.ndarray, dev
     counts_t = torch.from_numpy(batch_counts).to(device)
     gap_t = torch.from_numpy(batch_gap).to(device)
     log_norm, scale = log_normalise(counts_t, gap_t)
-    views = [()] + ([(2,), (3,), (2, 3)] if flips else [])
+    views = [()] + (list(_FLIP_VIEWS) if flips else [])
     outputs = []
     for dims in views:
         x = torch.stack([log_norm, gap_t.float()], dim=1)[:, : model.config.in_channels]
@@ -619,7 +637,9 @@ def inpaint(data: np.ndarray, gap_mask: np.ndarray, *, method: str = "model", mo
             stride: int | None = None, device: str | None = None, batch_size: int | None = None,
             blend: str = "hann", flips: bool = False, return_uncertainty: bool = False,
             progress: bool = False, num_threads: int | None = None, precision: str = "float32",
-            memory_limit: int | None = None) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+            memory_limit: int | None = None,
+            run_info: dict | None = None,
+            finetune: bool | dict = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """Fill the detector-gap voxels of a 3D diffraction pattern.
 
     Parameters
@@ -634,9 +654,14 @@ def inpaint(data: np.ndarray, gap_mask: np.ndarray, *, method: str = "model", mo
         ``"linear"``, ``"cubic"``, ``"nearest"``, ``"zero"``.
     model : path, `PatchUNet` or None
         Weights file or model; None uses the shipped default weights (loaded once, cached).
+        The widest gap band served is the model card's ``max_gap_width`` for a weights file
+        and for a model returned by :func:`load_model`; for any other model object it is the
+        window minus 8 (24 voxels).
     stride : int, optional
-        Step in voxels between windows sliding along a gap (default 8; 1 = the paper's
-        skip 0, best and slowest).
+        Step in voxels between windows sliding along a gap (default 16, half the window,
+        where the Hann weights of neighbouring windows sum to a constant; 1 = the paper's
+        skip 0, best and slowest: stride 16 is within 0.1% of stride 1 in in-gap error with
+        the shipped weights, see docs/benchmarks.md).
     device : str, optional
         ``"cuda"`` when present, else ``"cpu"`` by default.
     batch_size : int, optional
@@ -648,7 +673,7 @@ def inpaint(data: np.ndarray, gap_mask: np.ndarray, *, method: str = "model", mo
     return_uncertainty : bool
         Also return the per-voxel spread of the predictions (log1p units; 0 outside the gap).
     progress : bool
-        Show a tqdm progress bar over batches of windows.
+        Show a tqdm progress bar over the windows.
     num_threads : int, optional
         CPU threads for torch during this call (restored afterwards); default: torch's
         setting (the physical cores). On a CPU shared with other jobs, 1 can be faster.
@@ -658,7 +683,19 @@ def inpaint(data: np.ndarray, gap_mask: np.ndarray, *, method: str = "model", mo
     memory_limit : int, optional
         Bytes of host memory the call may use (default: what the OS reports available). A job
         whose arrays exceed it raises MemoryError before allocating them; a batch that does
-        not fit is made smaller.
+        not fit is made smaller. A batch that runs out of memory on the device (CUDA
+        out-of-memory, or the CPU allocator's) is halved and its windows retried, down to one
+        window, with a RuntimeWarning; the result is the same as with the smaller batch size.
+    run_info : dict, optional
+        Filled with what the call used, for records and logs: ``method`` and, for the model,
+        ``device``, ``batch_size`` (after any reduction for memory), ``n_windows``, ``stride``
+        and ``max_gap_width``.
+    finetune : bool or dict
+        First fine-tune (a copy of) ``model`` on portions of ``data`` away from the gap with
+        `bcdi_gapfill.finetune.finetune` (CPU minutes), then inpaint with it; a dict passes
+        that function's options (e.g. ``{"steps": 50}``). When fine-tuning does not raise the
+        held-out PCC, the original model is used (with a RuntimeWarning). Nothing is written:
+        to keep the tuned weights, call `finetune` and `save_finetuned`.
 
     Returns
     -------
@@ -666,8 +703,21 @@ def inpaint(data: np.ndarray, gap_mask: np.ndarray, *, method: str = "model", mo
         Measured voxels bit-identical to ``data`` (as float32), gap voxels predicted, finite
         and >= 0. The caller's arrays are not modified.
     uncertainty : ndarray float32, same shape (only with ``return_uncertainty``)
+
+    Raises
+    ------
+    MemoryError
+        When the job's arrays do not fit in host memory (before allocating), or when one
+        window alone runs out of memory on the device.
     """
     data, gap = _validate(data, gap_mask)
+    if finetune is not False:
+        from bcdi_gapfill.finetune import finetuned_for_inpaint
+        model = finetuned_for_inpaint(data, gap, model, finetune, method)
+    if run_info is not None:
+        if not isinstance(run_info, dict):
+            raise TypeError(f"run_info must be a dict or None, got {type(run_info).__name__}")
+        run_info["method"] = method
     if method == "model":
         if precision not in ("float32", "bfloat16", "float16"):
             raise ValueError(f"unknown precision {precision!r}; choose 'float32', 'bfloat16' or 'float16'")
@@ -675,8 +725,13 @@ def inpaint(data: np.ndarray, gap_mask: np.ndarray, *, method: str = "model", mo
         if precision != "float32" and not dev.startswith("cuda"):
             raise ValueError(f"precision={precision!r} is only available on CUDA devices (got device {dev!r})")
         n_gap = int(np.count_nonzero(gap))
+        if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer))
+                                       or batch_size < 1):
+            raise ValueError(f"batch_size must be an integer >= 1 or None, got {batch_size!r}")
         batch_size = batch_size or (128 if dev.startswith("cuda") else 16)
         batch_size = _check_memory(data.shape, n_gap, batch_size, flips, return_uncertainty, memory_limit, dev)
+        if run_info is not None:
+            run_info.update(device=dev, batch_size=int(batch_size))
     filled = np.array(data, dtype=np.float32, order="C")  # a C-ordered copy (flat indexing below)
     if not gap.any():
         return (filled, np.zeros_like(filled)) if return_uncertainty else filled
@@ -695,14 +750,31 @@ def inpaint(data: np.ndarray, gap_mask: np.ndarray, *, method: str = "model", mo
     try:
         return _inpaint_model(filled, gap, model=model, dev=dev, stride=stride, batch_size=batch_size,
                               blend=blend, flips=flips, return_uncertainty=return_uncertainty,
-                              progress=progress, precision=precision)
+                              progress=progress, precision=precision, run_info=run_info)
     finally:
         torch.set_num_threads(threads_before)
 
 
+def _is_out_of_memory(exc: BaseException) -> bool:
+    """True for torch's out-of-memory errors: CUDA's, and the CPU allocator's."""
+    import torch
+    text = str(exc).lower()
+    return (isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in text
+            or "can't allocate memory" in text)
+
+
+def _release_memory(dev: str) -> None:
+    """Give the memory of a failed batch back before a smaller one is tried."""
+    import gc
+    import torch
+    gc.collect()
+    if dev.startswith("cuda") and torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
 def _inpaint_model(filled: np.ndarray, gap: np.ndarray, *, model, dev: str, stride, batch_size: int,
                    blend: str, flips: bool, return_uncertainty: bool, progress: bool,
-                   precision: str):
+                   precision: str, run_info: dict | None = None):
     import torch
     from tqdm import tqdm
 
@@ -711,9 +783,10 @@ def _inpaint_model(filled: np.ndarray, gap: np.ndarray, *, model, dev: str, stri
     else:
         # Channels-last puts the CPU convolutions on oneDNN's fast path (the loaded default
         # model is stored that way too); it changes no number beyond round-off.
-        net, info = model.to(dev, memory_format=torch.channels_last_3d).eval(), {}
+        net = model.to(dev, memory_format=torch.channels_last_3d).eval()
+        info = dict(getattr(model, "gapfill_info", None) or {})  # set by load_model from the card
     window = net.config.window
-    stride = 8 if stride is None else int(stride)
+    stride = DEFAULT_STRIDE if stride is None else int(stride)
     max_width = info.get("max_gap_width", window - 8)
     origins = plan_windows(gap, window, stride, max_band_width=max_width)
     taper = _taper(window, blend).ravel()
@@ -727,8 +800,16 @@ def _inpaint_model(filled: np.ndarray, gap: np.ndarray, *, model, dev: str, stri
     origins = [origins[i] for i in order]
     keys = [keys[i] for i in order]
     if prefill is not None:
-        for key in keys:
+        # Every mask the prefill will see, flipped views included, is counted over the whole
+        # job, so that its sparse-or-dense choice, and so every bit of the result, does not
+        # depend on how the windows are batched (a smaller batch after an out-of-memory error).
+        for o, key in zip(origins, keys):
             prefill.counts[key] = prefill.counts.get(key, 0) + 1
+            if flips:
+                window_gap = gap[o[0]:o[0] + window, o[1]:o[1] + window, o[2]:o[2] + window]
+                for dims in _FLIP_VIEWS:
+                    flipped = _mask_key(np.flip(window_gap, tuple(d - 2 for d in dims)))
+                    prefill.counts[flipped] = prefill.counts.get(flipped, 0) + 1
 
     # Accumulators over the gap voxels only (flat vector), not over a bounding box.
     gap_flat = np.flatnonzero(gap)
@@ -741,15 +822,39 @@ def _inpaint_model(filled: np.ndarray, gap: np.ndarray, *, model, dev: str, stri
     sum_x = np.zeros_like(sum_w)
     sum_x2 = np.zeros_like(sum_w) if return_uncertainty else None
     in_window: dict[bytes, np.ndarray] = {}
-    n_batches = -(-len(origins) // batch_size)
-    with torch.inference_mode():
-        for b in tqdm(range(n_batches), disable=not progress, desc="inpainting", unit="batch"):
-            chunk = origins[b * batch_size:(b + 1) * batch_size]
-            chunk_keys = keys[b * batch_size:(b + 1) * batch_size]
+    start = 0
+    with torch.inference_mode(), tqdm(total=len(origins), disable=not progress, desc="inpainting",
+                                      unit="window") as bar:
+        while start < len(origins):
+            chunk = origins[start:start + batch_size]
+            chunk_keys = keys[start:start + batch_size]
             sl = [tuple(slice(o[a], o[a] + window) for a in range(3)) for o in chunk]
             batch_counts = np.stack([filled[s] for s in sl]).astype(np.float32)
             batch_gap = np.stack([gap[s] for s in sl])
-            pred = _predict_windows(net, batch_counts, batch_gap, dev, flips, prefill, autocast)
+            try:
+                pred = _predict_windows(net, batch_counts, batch_gap, dev, flips, prefill, autocast)
+            except RuntimeError as exc:  # torch.OutOfMemoryError is a RuntimeError
+                if not _is_out_of_memory(exc):
+                    raise
+                text = str(exc).strip()
+                oom_detail = text.splitlines()[0][:200] if text else type(exc).__name__
+            else:
+                oom_detail = None
+            if oom_detail is not None:
+                # Out of the except block, so that the traceback no longer holds the batch's
+                # tensors when the cache is emptied; the same windows are then retried.
+                _release_memory(dev)
+                if len(chunk) == 1:
+                    raise MemoryError(
+                        f"out of memory on {dev} inpainting a {'x'.join(map(str, filled.shape))} array even "
+                        f"with one {window}^3 window per batch ({oom_detail}): free memory on the device "
+                        "(other processes), use device='cpu' (--device cpu), turn off flips, or inpaint "
+                        "overlapping crops of the array one at a time")
+                smaller = max(len(chunk) // 2, 1)
+                warnings.warn(f"out of memory on {dev} with {len(chunk)} windows per batch; retrying with "
+                              f"batch_size {smaller}", RuntimeWarning, stacklevel=3)
+                batch_size = smaller
+                continue
             pred = pred.reshape(len(chunk), pred.shape[1], -1)
             for o, key, wgap, views in zip(chunk, chunk_keys, batch_gap, pred):
                 idx = in_window.get(key)
@@ -763,6 +868,11 @@ def _inpaint_model(filled: np.ndarray, gap: np.ndarray, *, model, dev: str, stri
                     sum_x[pos] += wx
                     if sum_x2 is not None:
                         sum_x2[pos] += wx * view
+            start += len(chunk)
+            bar.update(len(chunk))
+    if run_info is not None:
+        run_info.update(batch_size=int(batch_size), n_windows=len(origins), stride=stride,
+                        max_gap_width=max_width)
     mean_log = sum_x / sum_w
     out = filled.reshape(-1)  # a view: filled is a fresh C-contiguous array
     with np.errstate(over="ignore"):  # clipped to the float32 range: gap voxels stay finite

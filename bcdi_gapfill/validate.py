@@ -24,6 +24,18 @@ Methods
 ``zero_fill``      gap set to 0
 ``linear_interp``  1D linear interpolation of ``log1p(counts)`` across the gap (``fill_gap(..., "linear")``)
 ``no_gap``         the complete noisy pattern: the reference every method should approach
+``hybrid``         the model's fill (with test-time flips) on the confident gap voxels, the
+                   ``hybrid_quantile`` least confident ones (largest uncertainty) left free
+                   during phase retrieval; pr mode only, like ``free_pixels``
+``model+gp``       the model's fill refined by the band limit of a finite crystal
+                   (:func:`bcdi_gapfill.refine.refine_band_limited`, options ``refine_options``)
+``biharmonic+gp``  the biharmonic fill, refined the same way
+``gp``             the pure band-limit extrapolation from a zero-filled gap (a baseline)
+
+The last four are not run by default (:data:`DEFAULT_METHODS`); name them in ``methods``.
+When ``hybrid`` runs, the report also holds ``uncertainty``: the reliability of the model's
+uncertainty on the main gap (:func:`bcdi_gapfill.calibration.reliability_table`, errors of
+``log1p`` against the noisy truth), drawn as a reliability plot in the HTML report.
 
 Metrics per method (see :func:`validate` for the full list): ``strain_rmse``, ``phase_std``
 (rad), ``mean_strain``, ``strain_std``, ``spurious_modulus``, ``overlap``, ``pcc_gap`` (paper
@@ -70,9 +82,14 @@ __all__ = [
 ]
 
 #: Every gap treatment :func:`validate` knows, in the order of the report.
-METHODS = ("inpaint", "biharmonic", "free_pixels", "zero_fill", "linear_interp", "no_gap")
-#: The methods run when ``methods`` is not given (all of them).
-DEFAULT_METHODS = METHODS
+METHODS = ("inpaint", "hybrid", "model+gp", "biharmonic", "biharmonic+gp", "gp", "free_pixels", "zero_fill",
+           "linear_interp", "no_gap")
+#: The methods run when ``methods`` is not given: all but the uncertainty and band-limit ones.
+DEFAULT_METHODS = ("inpaint", "biharmonic", "free_pixels", "zero_fill", "linear_interp", "no_gap")
+#: Methods that need the model (skipped together when the default weights are missing).
+MODEL_METHODS = ("inpaint", "hybrid", "model+gp")
+#: Default share of the gap voxels, the least confident, that ``hybrid`` leaves free.
+HYBRID_QUANTILE = 0.2
 MODES = ("oracle", "pr", "both")
 #: Real-space metrics found for every evaluated method (both modes).
 METRIC_KEYS = ("strain_rmse", "phase_std", "mean_strain", "mean_strain_true", "strain_std",
@@ -84,9 +101,12 @@ NOISELESS_PEAK = 1e6
 
 _FILL_METHODS = {"biharmonic": "biharmonic", "zero_fill": "zero", "linear_interp": "linear"}
 _LABELS = {"inpaint": "DL inpainting", "biharmonic": "biharmonic", "free_pixels": "free pixels",
-           "zero_fill": "zero fill", "linear_interp": "linear interp.", "no_gap": "no gap (reference)"}
+           "zero_fill": "zero fill", "linear_interp": "linear interp.", "no_gap": "no gap (reference)",
+           "hybrid": "hybrid (DL + free)", "model+gp": "DL + band limit", "biharmonic+gp": "biharmonic + band limit",
+           "gp": "band limit from zeros"}
 _COLORS = {"inpaint": "tab:red", "biharmonic": "tab:blue", "free_pixels": "tab:orange",
-           "zero_fill": "tab:green", "linear_interp": "tab:purple", "no_gap": "0.3"}
+           "zero_fill": "tab:green", "linear_interp": "tab:purple", "no_gap": "0.3",
+           "hybrid": "tab:brown", "model+gp": "tab:pink", "biharmonic+gp": "tab:cyan", "gp": "tab:olive"}
 _SCHEMA = "bcdi_gapfill.validate/1"
 
 
@@ -107,10 +127,15 @@ class FigureData:
         ``{mode: {name: {"modulus", "phase", "strain"}}}`` central slices of the aligned
         reconstructions, plus ``"truth"`` under each mode; ``extent`` (nm, for imshow),
         ``axes`` (x and y labels), ``plane`` (description of the slice).
+    uncertainty : dict
+        With ``hybrid``: ``planes`` (as ``recip``), ``uncertainty`` and ``abs_error`` (2D
+        slices of the model's uncertainty and of ``|log1p(fill) - log1p(truth)|``, NaN off the
+        gap) and ``freed`` (2D masks of the voxels hybrid leaves free).
     """
 
     recip: dict = field(default_factory=dict)
     real: dict = field(default_factory=dict)
+    uncertainty: dict = field(default_factory=dict)
 
 
 class ValidationReport(dict):
@@ -316,7 +341,8 @@ class _Context:
     """Everything shared by the methods of one validation."""
 
     def __init__(self, obj_true, support, expected, noisy, q, voxel, algorithm, n_starts,
-                 seed_pr, device, model, inpaint_options, support_threshold):
+                 seed_pr, device, model, inpaint_options, support_threshold,
+                 hybrid_quantile=HYBRID_QUANTILE, refine_options=None):
         self.obj_true = obj_true
         self.support = support
         self.expected = expected
@@ -331,6 +357,52 @@ class _Context:
         self.model = model
         self.inpaint_options = dict(inpaint_options or {})
         self.support_threshold = support_threshold
+        self.hybrid_quantile = hybrid_quantile
+        self.refine_options = dict(refine_options or {})
+        # Model fills by (gap, with uncertainty): inpaint, model+gp and hybrid share them.
+        self.model_fills: dict[tuple[bytes, bool], tuple[Any, float]] = {}
+
+
+def _gap_key(gap: np.ndarray) -> bytes:
+    return hashlib.sha256(np.packbits(gap).tobytes()).digest()
+
+
+def _model_fill(noisy: np.ndarray, gap: np.ndarray, ctx: _Context, uncertainty: bool) -> tuple[Any, float]:
+    """The model's fill of ``gap`` (and, with ``uncertainty``, its uncertainty map, computed
+    with test-time flips), cached per gap, with the seconds it took."""
+    key = (_gap_key(gap), uncertainty)
+    if key not in ctx.model_fills:
+        from .inpaint import inpaint
+
+        opts = dict(ctx.inpaint_options)
+        if ctx.model is not None:
+            opts["model"] = ctx.model
+        if ctx.device is not None:
+            opts.setdefault("device", ctx.device)
+        if uncertainty:
+            opts["flips"] = True  # the spread between flipped views is most of the uncertainty
+            opts["return_uncertainty"] = True
+        masked = noisy.astype(np.float32, copy=True)
+        masked[gap] = 0  # the model must not see the truth in the gap
+        t0 = time.perf_counter()
+        result = inpaint(masked, gap, method="model", **opts)
+        seconds = time.perf_counter() - t0
+        out = np.asarray(result[0] if uncertainty else result, dtype=np.float32)
+        if out.shape != noisy.shape:
+            raise RuntimeError(f"inpaint returned shape {out.shape}, expected {noisy.shape}")
+        ctx.model_fills[key] = ((out, np.asarray(result[1], dtype=np.float32)) if uncertainty else out, seconds)
+    return ctx.model_fills[key]
+
+
+def _least_confident(uncertainty: np.ndarray, gap: np.ndarray, quantile: float) -> np.ndarray:
+    """The ``quantile`` share of the gap voxels with the largest uncertainty (ties by position)."""
+    idx = np.flatnonzero(gap)
+    n_free = int(round(quantile * idx.size))
+    free = np.zeros(gap.shape, bool)
+    if n_free:
+        order = np.argsort(-uncertainty.reshape(-1)[idx], kind="stable")
+        free.reshape(-1)[idx[order[:n_free]]] = True
+    return free
 
 
 def _fill(name: str, noisy: np.ndarray, gap: np.ndarray, ctx: _Context) -> np.ndarray:
@@ -346,19 +418,18 @@ def _fill(name: str, noisy: np.ndarray, gap: np.ndarray, ctx: _Context) -> np.nd
 
         return fill_gap(noisy, gap, _FILL_METHODS[name])
     if name == "inpaint":
-        from .inpaint import inpaint
+        return _model_fill(noisy, gap, ctx, uncertainty=False)[0]
+    if name == "hybrid":
+        return _model_fill(noisy, gap, ctx, uncertainty=True)[0][0]
+    if name in ("model+gp", "biharmonic+gp", "gp"):
+        from .refine import refine_band_limited
 
-        opts = dict(ctx.inpaint_options)
-        if ctx.model is not None:
-            opts["model"] = ctx.model
-        if ctx.device is not None:
-            opts.setdefault("device", ctx.device)
+        start = {"model+gp": lambda: _model_fill(noisy, gap, ctx, uncertainty=False)[0],
+                 "biharmonic+gp": lambda: _fill("biharmonic", noisy, gap, ctx),
+                 "gp": lambda: None}[name]()
         masked = noisy.astype(np.float32, copy=True)
-        masked[gap] = 0  # the model must not see the truth in the gap
-        out = np.asarray(inpaint(masked, gap, method="model", **opts), dtype=np.float32)
-        if out.shape != noisy.shape:
-            raise RuntimeError(f"inpaint returned shape {out.shape}, expected {noisy.shape}")
-        return out
+        masked[gap] = 0
+        return refine_band_limited(masked, gap, start, **ctx.refine_options)
     raise ValueError(f"unknown method {name!r}")
 
 
@@ -382,23 +453,37 @@ def _evaluate_gap(gap: np.ndarray, methods: Sequence[str], modes: Sequence[str],
     figs: dict[str, Any] = {"fills": {m: {} for m in modes}, "real": {m: {} for m in modes}}
     planes = _plane_specs(gap)
     for name in methods:
-        if name == "inpaint" and "inpaint" in skipped:
+        if name in skipped:
             continue
+        cached = {k for k in ctx.model_fills}
         t0 = time.perf_counter()
         filled = _fill(name, ctx.noisy, gap, ctx)
         fill_time = time.perf_counter() - t0
+        if name in ("inpaint", "hybrid", "model+gp"):
+            # The model's fill is shared (cached): count its time in every method using it.
+            key = (_gap_key(gap), name == "hybrid")
+            if key in cached:
+                fill_time += ctx.model_fills[key][1]
+        freed = None
+        if name == "hybrid":
+            unc = _model_fill(ctx.noisy, gap, ctx, uncertainty=True)[0][1]
+            freed = _least_confident(unc, gap, ctx.hybrid_quantile)
+            figs.setdefault("uncertainty", unc)
         has_fill = name != "free_pixels"
         common = {"pcc_gap": _safe_pcc(ctx.noisy, filled, gap) if has_fill else None,
                   "gap_intensity_ratio": _gap_ratio(ctx.noisy, filled, gap) if has_fill else None,
                   "fill_time_s": fill_time}
+        if freed is not None:
+            common["freed_voxels"] = int(freed.sum())
         for mode in modes:
             if progress_bar is not None:
                 progress_bar.set_postfix_str(f"{mode}: {name}")
             if mode == "oracle":
-                if name == "free_pixels":
-                    skipped.setdefault("oracle", {})["free_pixels"] = (
+                if name in ("free_pixels", "hybrid"):
+                    skipped.setdefault("oracle", {})[name] = (
                         "no oracle counterpart: leaving gap voxels free only has a meaning inside an "
-                        "iterative phase retrieval; with the true phase it would be zero_fill")
+                        "iterative phase retrieval; with the true phase it would be zero_fill"
+                        + ("" if name == "free_pixels" else " on the freed voxels"))
                     if progress_bar is not None:
                         progress_bar.update(1)
                     continue
@@ -410,7 +495,8 @@ def _evaluate_gap(gap: np.ndarray, methods: Sequence[str], modes: Sequence[str],
                 from .phasing import CDIState, phase_retrieval
 
                 t1 = time.perf_counter()
-                res = phase_retrieval(filled, free_mask=gap if name == "free_pixels" else None,
+                free_mask = gap if name == "free_pixels" else freed if name == "hybrid" else None
+                res = phase_retrieval(filled, free_mask=free_mask if free_mask is None or free_mask.any() else None,
                                       algorithm=ctx.algorithm, n_starts=ctx.n_starts, seed=ctx.seed_pr,
                                       device=ctx.device)
                 pr_time = time.perf_counter() - t1
@@ -428,6 +514,11 @@ def _evaluate_gap(gap: np.ndarray, methods: Sequence[str], modes: Sequence[str],
                     entry["pcc_gap"] = entry["pcc_gap_reconstructed"]
                     entry["gap_intensity_ratio"] = _gap_ratio(ctx.noisy, i_rec, gap)
                     intensity_gap = i_rec
+                elif name == "hybrid":
+                    # In the gap: the model on the confident voxels, the reconstruction on the freed.
+                    intensity_gap = np.where(freed, i_rec, filled).astype(np.float32)
+                    entry["pcc_gap"] = _safe_pcc(ctx.noisy, intensity_gap, gap)
+                    entry["gap_intensity_ratio"] = _gap_ratio(ctx.noisy, intensity_gap, gap)
                 else:
                     intensity_gap = filled
             results[mode][name] = entry
@@ -449,7 +540,9 @@ def validate(obj: np.ndarray | None = None, *, seed: int | None = None, size: in
              q_vector: float | Sequence[float] | None = None, voxel_size: float | Sequence[float] = 5e-9,
              support_threshold: float = 0.3, model: Any = None, device: Any = None,
              inpaint_options: Mapping[str, Any] | None = None,
-             simulate_options: Mapping[str, Any] | None = None) -> ValidationReport:
+             simulate_options: Mapping[str, Any] | None = None,
+             hybrid_quantile: float = HYBRID_QUANTILE,
+             refine_options: Mapping[str, Any] | None = None) -> ValidationReport:
     """Measure what each gap treatment does to the reconstructed object.
 
     Parameters
@@ -480,9 +573,10 @@ def validate(obj: np.ndarray | None = None, *, seed: int | None = None, size: in
         Peak photon count of the pattern, Poisson-sampled. None: noiseless, with a peak of
         :data:`NOISELESS_PEAK` photons.
     methods : sequence of str, optional
-        Subset of :data:`METHODS`. Default: all of them, except that ``inpaint`` is skipped
-        with a warning (and the reason recorded) when :mod:`bcdi_gapfill.inpaint` cannot be
-        imported; named explicitly, its failure raises.
+        Subset of :data:`METHODS`. Default: :data:`DEFAULT_METHODS` (all but ``hybrid`` and
+        the band-limit refinements), except that ``inpaint`` is skipped with a warning (and
+        the reason recorded) when :mod:`bcdi_gapfill.inpaint` cannot be imported or the
+        default weights are missing; named explicitly, its failure raises.
     algorithm : str or Operator, optional
         Phase-retrieval operators (default :data:`bcdi_gapfill.phasing.DEFAULT_ALGORITHM`).
     n_starts : int
@@ -511,6 +605,12 @@ def validate(obj: np.ndarray | None = None, *, seed: int | None = None, size: in
         Torch device for inpainting and phase retrieval.
     inpaint_options, simulate_options : dict, optional
         Extra keyword arguments of ``inpaint`` and ``simulate_pattern``.
+    hybrid_quantile : float
+        Share of the gap voxels, those of largest uncertainty, that ``hybrid`` leaves free
+        during phase retrieval, in [0, 1] (0: the model's fill everywhere, 1: free pixels).
+    refine_options : dict, optional
+        Keyword arguments of :func:`bcdi_gapfill.refine.refine_band_limited` for the ``+gp``
+        and ``gp`` methods (e.g. ``{"n_iter": 200, "refine_above": 0.01}``).
 
     Returns
     -------
@@ -556,6 +656,12 @@ def validate(obj: np.ndarray | None = None, *, seed: int | None = None, size: in
         raise ValueError(f"counts must be a positive peak photon count or None, got {counts!r}")
     if isinstance(n_starts, bool) or not isinstance(n_starts, (int, np.integer)) or n_starts < 1:
         raise ValueError(f"n_starts must be an integer >= 1, got {n_starts!r}")
+    if isinstance(hybrid_quantile, bool) or not isinstance(hybrid_quantile, (int, float, np.integer, np.floating)) \
+            or not 0 <= hybrid_quantile <= 1:
+        raise ValueError(f"hybrid_quantile must be a number in [0, 1], got {hybrid_quantile!r}")
+    if refine_options is not None and not isinstance(refine_options, Mapping):
+        raise TypeError(f"refine_options must be a dict of refine_band_limited arguments, got "
+                        f"{type(refine_options).__name__}")
     algorithm = P.DEFAULT_ALGORITHM if algorithm is None else algorithm
     if "pr" in modes:
         P.parse_algorithm(algorithm) if isinstance(algorithm, str) else None  # fail early
@@ -613,7 +719,8 @@ def validate(obj: np.ndarray | None = None, *, seed: int | None = None, size: in
 
     skipped: dict[str, Any] = {}
     model_info = None
-    if "inpaint" in methods:
+    model_methods = [m for m in methods if m in MODEL_METHODS]
+    if model_methods:
         try:
             from . import inpaint as _inp
 
@@ -625,13 +732,15 @@ def validate(obj: np.ndarray | None = None, *, seed: int | None = None, size: in
             msg = (f"the inpaint method was skipped: {type(exc).__name__}: {exc} (name it in methods= "
                    "to make this an error)")
             warnings.warn(msg, RuntimeWarning, stacklevel=2)
-            skipped["inpaint"] = msg
+            for name in model_methods:
+                skipped[name] = msg
         else:
             model_info = _model_info(model)
 
     ctx = _Context(obj_true, support, expected, noisy, q, voxel_size, algorithm, int(n_starts),
-                   int(seed_pr), device, model, inpaint_options, support_threshold)
-    n_methods = len([m for m in methods if not (m == "inpaint" and "inpaint" in skipped)])
+                   int(seed_pr), device, model, inpaint_options, support_threshold,
+                   hybrid_quantile=float(hybrid_quantile), refine_options=refine_options)
+    n_methods = len([m for m in methods if m not in skipped])
     extra = [w for w, _ in sweep_specs if not (gap_info["gap_width"] == w)]
     total = n_methods * len(modes) * (1 + len(extra))
     bar = None
@@ -696,7 +805,9 @@ def validate(obj: np.ndarray | None = None, *, seed: int | None = None, size: in
         "voxel_size_m": _finite_or_none(np.asarray(voxel_size, float).tolist()),
         "support_threshold": support_threshold, "support_voxels": int(support.sum()),
         "device": None if device is None else str(device),
-        "model": model_info if "inpaint" in methods and "inpaint" not in skipped else None,
+        "model": model_info if any(m not in skipped for m in model_methods) else None,
+        "hybrid_quantile": float(hybrid_quantile) if "hybrid" in methods else None,
+        "refine_options": (dict(refine_options or {}) if any(m.endswith("gp") for m in methods) else None),
         "simulation": sim_meta or None,
         "elapsed_s": elapsed,
         "notes": [
@@ -705,6 +816,16 @@ def validate(obj: np.ndarray | None = None, *, seed: int | None = None, size: in
             "biharmonic and linear_interp fill log1p(counts) (classical.fill_gap, log=True)",
         ],
     }
+    if "uncertainty" in figs:
+        from .calibration import log_errors, reliability_table
+
+        unc = figs["uncertainty"]
+        fill = ctx.model_fills[(_gap_key(main_gap), True)][0][0]
+        report["uncertainty"] = _finite_or_none({
+            "reliability": reliability_table(log_errors(noisy, fill, main_gap), unc[main_gap], 10),
+            "truth": "noisy pattern", "flips": True, "hybrid_quantile": float(hybrid_quantile),
+            "freed_voxels": int(round(float(hybrid_quantile) * int(main_gap.sum()))),
+            "mean_uncertainty": float(unc[main_gap].mean()), "max_uncertainty": float(unc[main_gap].max())})
     report["settings"] = _finite_or_none(settings)
 
     # figure data (central slices only)
@@ -736,6 +857,19 @@ def validate(obj: np.ndarray | None = None, *, seed: int | None = None, size: in
                           (rows.stop - shape[1] // 2 - 0.5) * vox[1],
                           (rows.start - shape[1] // 2 - 0.5) * vox[1]],
                "axes": ("columns (nm)", "rows (nm)"), "plane": f"central frame (index {k})"}
+    if "uncertainty" in figs:
+        unc = figs["uncertainty"]
+        fill = ctx.model_fills[(_gap_key(main_gap), True)][0][0]
+        abs_err = np.abs(np.log1p(fill.astype(np.float64)) - np.log1p(noisy.astype(np.float64)))
+        freed = _least_confident(unc, main_gap, float(hybrid_quantile))
+
+        def gap_only(a: np.ndarray, ax: int, i: int) -> np.ndarray:
+            return np.where(_take(main_gap, ax, i), _take(a, ax, i), np.nan).astype(np.float32)
+
+        fd.uncertainty = {"planes": planes,
+                          "uncertainty": [gap_only(unc, ax, i) for _, ax, i, _, _ in planes],
+                          "abs_error": [gap_only(abs_err, ax, i) for _, ax, i, _, _ in planes],
+                          "freed": [_take(freed, ax, i) for _, ax, i, _, _ in planes]}
     report.figures = fd
     return report
 
@@ -770,6 +904,7 @@ _TABLE_COLUMNS = [
     ("overlap", "overlap", "high"),
     ("pcc_gap", "PCC in gap (log)", "high"),
     ("gap_intensity_ratio", "gap photons / truth", "one"),
+    ("freed_voxels", "freed voxels", None),
     ("llk_measured", "LLK (measured voxels)", "low"),
     ("pcc_gap_reconstructed", "PCC in gap, recon. (log)", "high"),
     ("fill_time_s", "fill time (s)", None),
@@ -811,7 +946,8 @@ def _recip_figure(recip: Mapping[str, Any], mode: str) -> Any:
     for name, sl in recip["methods"].get(mode, {}).items():
         if name == "no_gap":
             continue
-        label = _LABELS.get(name, name) + (" (PR intensity)" if name == "free_pixels" else "")
+        label = _LABELS.get(name, name) + {"free_pixels": " (PR intensity)",
+                                           "hybrid": " (PR on freed)"}.get(name, "")
         items.append((label, sl))
     ncol, nrow = len(items), len(planes)
     fig = Figure(figsize=(2.3 * ncol + 0.8, 2.5 * nrow + 0.4))
@@ -905,7 +1041,7 @@ def _sweep_figure(sweep: Mapping[str, Any], mode: str) -> Any:
     widths = np.asarray(sweep["widths"], float)
     fig = Figure(figsize=(11, 3.8))
     ax1, ax2 = fig.subplots(1, 2)
-    markers = dict(zip(METHODS, "os^vDx"))
+    markers = dict(zip(METHODS, "os^vDx<>ph"))
     n = max(len(data), 1)
     span = float(np.ptp(widths)) if widths.size > 1 else 1.0
     for k, (name, vals) in enumerate(data.items()):
@@ -931,6 +1067,38 @@ def _sweep_figure(sweep: Mapping[str, Any], mode: str) -> Any:
         ax.set_xticks(widths)
         ax.grid(alpha=0.3)
     ax1.legend(fontsize=8)
+    return fig
+
+
+def _uncertainty_figure(unc: Mapping[str, Any]) -> Any:
+    import matplotlib
+    from matplotlib import colors
+    from matplotlib.figure import Figure
+
+    planes = unc["planes"]
+    fig = Figure(figsize=(10, 3.2 * len(planes) + 0.4), layout="constrained")
+    axs = fig.subplots(len(planes), 2, squeeze=False)
+    cmap = matplotlib.colormaps["magma"].with_extremes(bad="0.85")
+    for j, (key, label) in enumerate((("uncertainty", "predicted uncertainty"),
+                                      ("abs_error", "actual |error| (noisy truth)"))):
+        values = np.concatenate([a[np.isfinite(a)] for a in unc[key]])
+        # Own scale per column (the error also holds the Poisson noise, far larger); the 99th
+        # percentile keeps a few extreme voxels from washing out the rest.
+        top = float(np.percentile(values, 99)) if values.size else 1.0
+        norm = colors.Normalize(0, top if top > 0 else 1.0)
+        im = None
+        for i, (ptitle, _, _, xl, yl) in enumerate(planes):
+            ax = axs[i, j]
+            im = ax.imshow(unc[key][i], cmap=cmap, norm=norm, interpolation="nearest", aspect="auto")
+            freed = unc["freed"][i]
+            if freed.any():
+                ax.contour(freed.astype(float), levels=[0.5], colors="c", linewidths=0.6)
+            ax.set_title(f"{label}, {ptitle}", fontsize=9)
+            ax.set_xlabel(xl, fontsize=7)
+            ax.set_ylabel(yl, fontsize=7)
+            ax.tick_params(labelsize=6)
+        cb = fig.colorbar(im, ax=axs[:, j], shrink=0.85, pad=0.01)
+        cb.set_label(f"{label} (log1p counts)", fontsize=8)
     return fig
 
 
@@ -1018,6 +1186,32 @@ def _render_html(report: Mapping[str, Any], figures: FigureData | None) -> str:
                          "noisy truth, the masked data (gap in grey) and the intensity each method puts in "
                          "the gap (gap outlined, dashed). Top: central frame; bottom: a plane inside the "
                          "gap. For free pixels (pr mode) the intensity is that of the reconstruction.</p>")
+            fig_no += 1
+    uncertainty = report.get("uncertainty")
+    if uncertainty:
+        from .calibration import reliability_figure
+
+        rel = uncertainty["reliability"]
+        rho = rel.get("spearman")
+        fig = reliability_figure({"noisy truth": rel}, title="Reliability of the model's uncertainty (main gap)")
+        parts.append(f"<h2>Figure {fig_no}. Uncertainty of the model and its reliability</h2>")
+        parts.append(f"<img alt='reliability plot' src='data:image/png;base64,{_png(fig)}'>")
+        parts.append("<p class='cap'>Gap voxels in {n} equal-count bins of the uncertainty predicted by the model "
+                     "(weighted standard deviation of the overlapping windows and test-time flips, log1p "
+                     "units): mean and RMS of the actual error of log1p(fill) against the noisy truth per bin. "
+                     "Spearman rank correlation of |error| with the uncertainty over {v} voxels: {r}. The "
+                     "error includes the Poisson noise of the truth, which no spread of predictions "
+                     "foresees. Hybrid leaves the {q:.0%} least confident gap voxels free.</p>".format(
+                         n=rel.get("n_bins"), v=rel.get("n_voxels"),
+                         r="n/a" if rho is None else f"{rho:.3f}", q=uncertainty.get("hybrid_quantile") or 0.0))
+        fig_no += 1
+        if figures is not None and figures.uncertainty:
+            fig = _uncertainty_figure(figures.uncertainty)
+            parts.append(f"<h2>Figure {fig_no}. Uncertainty map in the gap</h2>")
+            parts.append(f"<img alt='uncertainty map' src='data:image/png;base64,{_png(fig)}'>")
+            parts.append("<p class='cap'>Predicted uncertainty (left) and actual |log1p error| against the "
+                         "noisy truth (right) on the gap voxels of the planes of the reciprocal-space figure; "
+                         "cyan contours: the voxels hybrid leaves free.</p>")
             fig_no += 1
     sweep = report.get("sweep")
     if sweep:

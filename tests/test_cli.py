@@ -1,4 +1,5 @@
 import json
+import re
 
 import numpy as np
 import pytest
@@ -64,3 +65,34 @@ def test_demo_end_to_end(tmp_path):
     assert all(0 < m["pcc_gap"] <= 1 for m in methods.values())
     assert methods["model"]["pcc_gap"] > methods["linear"]["pcc_gap"]
     assert (tmp_path / "demo" / "before_after.png").stat().st_size > 10_000
+
+
+def _must_not_run(*args, **kwargs):
+    raise AssertionError("computed although an output was not free")
+
+
+def test_inpaint_command_checks_every_output_before_computing(tmp_path, pattern_file, monkeypatch, capsys):
+    """An existing record (or any other output that cannot be written) stops the command before it
+    reads or computes anything, and nothing is written."""
+    import bcdi_gapfill.inpaint as inp
+    data_path, mask_path, _ = pattern_file
+    monkeypatch.setattr(io, "load_data_and_mask", _must_not_run)
+    monkeypatch.setattr(inp, "inpaint", _must_not_run)
+    out = tmp_path / "S1_gapfilled.npz"
+    record = tmp_path / "S1_gapfilled_gapfill_record.npz"
+    record.write_bytes(b"an earlier record")
+    argv = ["inpaint", str(data_path), "--mask", str(mask_path), "--method", "biharmonic", "-o", str(out)]
+    assert main(argv) == 2
+    assert capsys.readouterr().err == (f"bcdi-gapfill inpaint: error: outputs exist: {record}; "
+                                       "pass --overwrite to replace them\n")
+    assert not out.exists() and record.read_bytes() == b"an earlier record"
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([data_path.name, mask_path.name, record.name])
+    for bad_output, match in [("o.npy", r"a \.npy file holds a single array.*use \.npz, \.h5 or \.cxi"),
+                              ("o.txt", r"unsupported file suffix '\.txt'"),
+                              ("nodir/o.npz", r"directory .*nodir does not exist")]:
+        assert main(argv[:-1] + [str(tmp_path / bad_output)]) == 2
+        assert re.search(match, capsys.readouterr().err)
+    # With --overwrite the same command runs and replaces both files.
+    monkeypatch.undo()
+    assert main(argv + ["--overwrite"]) == 0
+    assert out.exists() and np.load(record)["filled_voxels"].sum() == 40 * 40 * 4

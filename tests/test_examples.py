@@ -42,7 +42,7 @@ def _run_without(module, name, tmp_path):
 
 
 @pytest.mark.parametrize("name", ["inpaint_array.py", "inpaint_bcdi_pair.py", "pynx_operator_chain.py",
-                                  "validate_own_object.py"])
+                                  "validate_own_object.py", "inpaint_cdiutils.py", "finetune_on_array.py"])
 def test_example_has_module_docstring(name):
     doc = ast.get_docstring(ast.parse((EXAMPLES / name).read_text()))
     assert doc and "BCDI_GAPFILL_EXAMPLE_FAST" in doc
@@ -62,6 +62,34 @@ def test_inpaint_bcdi_pair(tmp_path):
     assert "S1_pynx_64_64_64_1_1_1_gapfilled.npz" in written
     assert "S1_maskpynx_64_64_64_1_1_1_gapfilled.npz" in written
     assert "S1_pynx_64_64_64_1_1_1.npz" in written  # the original stays
+
+
+def test_inpaint_cdiutils(tmp_path):
+    if importlib.util.find_spec("cdiutils") is None:
+        pytest.skip("cdiutils is not installed (pip install 'cdiutils>=0.2.1')")
+    out = _run_example("inpaint_cdiutils.py", tmp_path, str(tmp_path / "out"))
+    match = re.search(r"filled \d+ gap voxels with biharmonic; in-gap PCC \(log1p\) vs the simulator's counts: "
+                      r"biharmonic (\S+), linear (\S+)", out)
+    assert match, out
+    assert float(match.group(1)) > float(match.group(2)) > 0.5
+    assert (tmp_path / "out" / "S1" / "pynx_phasing_gapfilled" / "S1_pynx_input_data.npz").is_file()
+    assert (tmp_path / "out" / "S1" / "pynx_phasing" / "S1_pynx_input_data.npz").is_file()   # the original stays
+
+
+def test_inpaint_cdiutils_without_cdiutils_exits_0(tmp_path):
+    out = _run_without("cdiutils", "inpaint_cdiutils.py", tmp_path)
+    assert "cdiutils is not installed" in out
+
+
+def test_finetune_on_array(tmp_path):
+    out = _run_example("finetune_on_array.py", tmp_path, str(tmp_path / "out"))
+    assert re.search(r"fine-tuned 2 steps on 8 portions of the array", out), out
+    assert re.search(r"held-out in-gap PCC \(log1p, 4 portions never trained on\)", out), out
+    match = re.search(r"real-gap PCC \(log1p\) vs truth: shipped (\S+), fine-tuned (\S+)", out)
+    assert match, out
+    assert 0 < float(match.group(1)) <= 1 and 0 < float(match.group(2)) <= 1
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["scan.npy", "scan_finetuned.json",
+                                                                    "scan_finetuned.pt"]
 
 
 def test_pynx_operator_chain(tmp_path):

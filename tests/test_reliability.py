@@ -207,6 +207,8 @@ def test_inpaint_model_bad_geometry(net, case):
     ({"stride": 0}, ValueError, r"stride must be >= 1, got 0"),
     ({"precision": "int8"}, ValueError, r"unknown precision 'int8'"),
     ({"precision": "float16"}, ValueError, r"only available on CUDA.*'cpu'"),
+    ({"batch_size": 0}, ValueError, r"batch_size must be an integer >= 1 or None, got 0"),
+    ({"batch_size": 2.5}, ValueError, r"batch_size must be an integer >= 1 or None, got 2\.5"),
 ])
 def test_inpaint_bad_options(net, kwargs, exc, match):
     with pytest.raises(exc, match=match):
@@ -705,3 +707,183 @@ def test_memory_error_at_the_cli(monkeypatch, cli_files, weights_file, capsys):
                "--weights", str(weights_file)])
     err = capsys.readouterr().err
     assert rc == 2 and "is available" in err and "Traceback" not in err and not out.exists()
+
+
+# ----------------------------------------------------------- out of memory on the device
+
+def _forward_with_memory_of(limit, error):
+    """PatchUNet.forward that fails as an out-of-memory device would for batches above ``limit``."""
+    from bcdi_gapfill.model import PatchUNet
+
+    forward = PatchUNet.forward
+    seen = []
+
+    def limited(self, x, *args, **kwargs):
+        seen.append(int(x.shape[0]))
+        if x.shape[0] > limit:
+            raise error
+        return forward(self, x, *args, **kwargs)
+
+    return limited, seen
+
+
+@pytest.mark.parametrize("error", [
+    torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (simulated)"),
+    RuntimeError("CUDA error: out of memory (simulated)"),
+], ids=["OutOfMemoryError", "RuntimeError"])
+def test_out_of_memory_halves_the_batch_bit_identically(net, monkeypatch, error):
+    """A batch that does not fit is halved and its windows retried; the result keeps every bit."""
+    from bcdi_gapfill.model import PatchUNet
+    data, gap = _cross_scene()
+    before = data.copy()
+    ref = inpaint(data, gap, model=net, device="cpu", batch_size=8, flips=True)
+    limited, seen = _forward_with_memory_of(3, error)
+    monkeypatch.setattr(PatchUNet, "forward", limited)
+    info = {}
+    with pytest.warns(RuntimeWarning) as caught:
+        out = inpaint(data, gap, model=net, device="cpu", batch_size=8, flips=True, run_info=info)
+    messages = [str(w.message) for w in caught if "out of memory" in str(w.message)]
+    assert messages == [f"out of memory on cpu with {n} windows per batch; retrying with batch_size {n // 2}"
+                        for n in (8, 4)]
+    assert info["batch_size"] == 2 and info["n_windows"] > 8 and max(seen) == 8
+    assert np.array_equal(out.view(np.uint32), ref.view(np.uint32))
+    assert np.array_equal(data, before)
+
+
+def test_out_of_memory_with_one_window_is_a_clear_memory_error(net, monkeypatch):
+    from bcdi_gapfill.model import PatchUNet
+    data, gap = _band_scene()
+    limited, _ = _forward_with_memory_of(0, torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)"))
+    monkeypatch.setattr(PatchUNet, "forward", limited)
+    with pytest.warns(RuntimeWarning, match="retrying with batch_size 1"):
+        with pytest.raises(MemoryError, match=r"40x48x40 array even with one 32\^3 window per batch "
+                                              r"\(CUDA out of memory \(simulated\)\).*device='cpu'.*crops"):
+            inpaint(data, gap, model=net, device="cpu", batch_size=2)
+
+
+def test_other_runtime_errors_are_not_taken_for_out_of_memory(net, monkeypatch):
+    from bcdi_gapfill.model import PatchUNet
+    data, gap = _band_scene()
+    limited, seen = _forward_with_memory_of(0, RuntimeError("cuDNN error: CUDNN_STATUS_NOT_SUPPORTED"))
+    monkeypatch.setattr(PatchUNet, "forward", limited)
+    with pytest.raises(RuntimeError, match="CUDNN_STATUS_NOT_SUPPORTED"):
+        inpaint(data, gap, model=net, device="cpu", batch_size=4)
+    assert seen == [4]  # not retried
+
+
+def test_cli_records_the_batch_size_used(monkeypatch, tmp_path, weights_file, capsys):
+    from bcdi_gapfill.model import PatchUNet
+    data, gap = _band_scene()
+    source = tmp_path / "band.npz"
+    gio.save_array(source, data, mask=gap.astype(np.int8))
+    limited, _ = _forward_with_memory_of(2, torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)"))
+    monkeypatch.setattr(PatchUNet, "forward", limited)
+    out = tmp_path / "oom.npz"
+    with pytest.warns(RuntimeWarning, match="with 4 windows per batch; retrying with batch_size 2"):
+        assert main(["inpaint", str(source), "-o", str(out), "--weights", str(weights_file), "--device", "cpu",
+                     "--batch-size", "4", "--stride", "8"]) == 0
+    assert "batch size 2 ->" in capsys.readouterr().out
+    record = gio.load_metadata(out)
+    assert record["batch_size"] == 2 and record["device"] == "cpu" and record["windows"] == 6
+    assert record["weights_sha256"] == gio.file_sha256(weights_file)
+    stored = json.loads(str(np.load(tmp_path / "oom_gapfill_record.npz")["metadata"]))
+    assert stored["batch_size"] == 2
+
+
+# ------------------------------------------------ the gap-width limit of a loaded model object
+
+def test_model_object_from_load_model_keeps_the_card_limit(tmp_path, net):
+    from bcdi_gapfill.inpaint import load_model
+    path = tmp_path / "carded.pt"
+    torch.save({"config": net.config.to_dict(), "state_dict": net.state_dict()}, path)
+    path.with_suffix(".json").write_text(json.dumps({"sha256": gio.file_sha256(path), "max_gap_width": 6}))
+    data = _ones(shape=(40, 40, 40))
+    gap = np.zeros(data.shape, bool)
+    gap[:, :, 16:24] = True  # an 8-pixel band: within the window's 24, beyond the card's 6
+    loaded, info = load_model(path, "cpu")
+    assert info["max_gap_width"] == 6 and loaded.gapfill_info["max_gap_width"] == 6
+    for model in (path, loaded):
+        with pytest.raises(ValueError, match=r"gap band of 8 pixels.*wider than the model serves \(6\)"):
+            inpaint(data, gap, model=model, device="cpu")
+    run_info = {}
+    inpaint(data, gap, model=net, device="cpu", run_info=run_info)  # no card: the window's limit
+    assert run_info["max_gap_width"] == 24
+
+
+def test_shipped_model_object_keeps_the_card_limit():
+    from bcdi_gapfill.inpaint import DEFAULT_WEIGHTS, load_model
+    card = json.loads(DEFAULT_WEIGHTS.with_suffix(".json").read_text())
+    width = card["max_gap_width"] + 2
+    data = _ones(shape=(40, 40, 40))
+    gap = np.zeros(data.shape, bool)
+    gap[:, :, 10:10 + width] = True
+    for model in (None, load_model(None, "cpu")[0]):
+        with pytest.raises(ValueError, match=rf"gap band of {width} pixels.*serves \({card['max_gap_width']}\)"):
+            inpaint(data, gap, model=model, device="cpu")
+
+
+# ------------------------------------------- the command line reports every user error in one line
+
+def _raiser(exc):
+    def command(args):
+        raise exc
+    return command
+
+
+@pytest.mark.parametrize("exc, match", [
+    (NotADirectoryError("out exists and is not a directory"), r"out exists and is not a directory"),
+    (IsADirectoryError(21, "Is a directory", "cfg"), r"\[Errno 21\] Is a directory: 'cfg'"),
+    (PermissionError(13, "Permission denied", "/data/S1.npz"), r"Permission denied: '/data/S1.npz'"),
+    (OSError(28, "No space left on device"), r"No space left on device"),
+    (ImportError("backend='pynx' needs ESRF's PyNX"), r"needs ESRF's PyNX"),
+    (MemoryError(), r"out of memory \(MemoryError\)"),
+    (MemoryError("Unable to allocate 12.0 GiB"), r"Unable to allocate 12\.0 GiB"),
+])
+def test_cli_reports_file_import_and_memory_errors(monkeypatch, capsys, exc, match):
+    import bcdi_gapfill.cli as cli
+    monkeypatch.setattr(cli, "_cmd_demo", _raiser(exc))
+    assert main(["demo"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("bcdi-gapfill demo: error: ") and "Traceback" not in err
+    assert re.search(match, err), err
+
+
+def test_cli_reports_the_package_errors(monkeypatch, capsys):
+    import bcdi_gapfill.cli as cli
+    from bcdi_gapfill.inpaint import InsufficientMemoryError
+    from bcdi_gapfill.phasing import SupportError
+    for exc in (SupportError("every start lost its support; try a lower shrink-wrap threshold"),
+                InsufficientMemoryError("needs about 12 GiB")):
+        monkeypatch.setattr(cli, "_cmd_validate", _raiser(exc))
+        assert main(["validate", "--simulate", "0", "--out", "x"]) == 2
+        err = capsys.readouterr().err
+        assert err == f"bcdi-gapfill validate: error: {exc}\n"
+
+
+def test_cli_keeps_the_traceback_of_a_bug(monkeypatch):
+    import bcdi_gapfill.cli as cli
+    monkeypatch.setattr(cli, "_cmd_demo", _raiser(KeyError("a bug")))
+    with pytest.raises(KeyError):
+        main(["demo"])
+
+
+def test_cli_real_directory_errors(tmp_path, capsys):
+    """What the library raises on a directory where a file is expected, through the real commands."""
+    assert main(["train", "--config", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("bcdi-gapfill train: error: ") and "Is a directory" in err
+    blocker = tmp_path / "report_here"
+    blocker.write_text("not a directory")
+    assert main(["validate", "--simulate", "0", "--size", "16", "--methods", "zero_fill", "--out",
+                 str(blocker)]) == 2
+    err = capsys.readouterr().err  # after validate's progress bar
+    assert err.splitlines()[-1] == f"bcdi-gapfill validate: error: {blocker} exists and is not a directory"
+    assert "Traceback" not in err
+
+
+def test_cli_error_from_the_entry_point_has_no_traceback(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "bcdi_gapfill.cli", "train", "--config", str(tmp_path)],
+                          capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.startswith("bcdi-gapfill train: error: ") and "Traceback" not in proc.stderr

@@ -337,3 +337,102 @@ def test_report_renders_in_headless_chromium(written, tmp_path):
     assert "Real-space validation of detector-gap treatments" in dom
     assert dom.count("<img") == 4
     assert dom.count("<tr") >= 10
+
+
+# ------------------------------------------------- uncertainty, hybrid and band-limit refinement
+def _random_head_model():
+    import torch
+
+    from bcdi_gapfill.model import build_model
+
+    torch.manual_seed(0)
+    net = build_model({"filters": [4, 8, 8, 8], "final_filters": [4, 4, 4], "prefill_iterations": 20}).eval()
+    with torch.no_grad():
+        net.head.weight.normal_(0, 0.05)  # a non-zero correction, so views and windows disagree
+    return net
+
+
+@pytest.fixture(scope="module")
+def hybrid_report():
+    """pr mode with hybrid and the band-limit methods, a small random-head model (40^3)."""
+    return V.validate(seed=2, size=40, gap="cross:3", gap_offset=2, mode="pr", algorithm=FAST_PR,
+                      n_starts=1, model=_random_head_model(), inpaint_options={"stride": 16},
+                      hybrid_quantile=0.25, refine_options={"n_iter": 20},
+                      methods=("inpaint", "hybrid", "model+gp", "biharmonic+gp", "gp", "no_gap"), progress=False)
+
+
+def test_hybrid_frees_the_least_confident_voxels(hybrid_report):
+    rep = hybrid_report
+    n_gap = rep["settings"]["gap_voxels"]
+    pr = rep["results"]["pr"]
+    assert pr["hybrid"]["freed_voxels"] == round(0.25 * n_gap)
+    for key in ("strain_rmse", "phase_std", "pcc_gap", "llk_measured"):
+        assert math.isfinite(pr["hybrid"][key]), key
+    assert rep["settings"]["hybrid_quantile"] == 0.25
+    assert rep["settings"]["model"]["state_dict_sha256"]
+
+
+def test_hybrid_has_no_oracle_counterpart():
+    rep = V.validate(seed=1, size=32, gap="cross:3", mode="oracle", methods=("hybrid", "no_gap"),
+                     model=_random_head_model(), inpaint_options={"stride": 16}, progress=False)
+    assert "hybrid" not in rep["methods"]
+    assert "free" in rep["settings"]["skipped_methods"]["oracle"]["hybrid"]
+    assert rep["uncertainty"]["reliability"]["n_voxels"] == rep["settings"]["gap_voxels"]
+
+
+def test_least_confident_selection():
+    unc = np.zeros((2, 3, 4), np.float32)
+    gap = np.zeros(unc.shape, bool)
+    gap[:, :, 1] = True  # 6 gap voxels
+    unc[0, 0, 1], unc[1, 2, 1], unc[0, 0, 0] = 3.0, 2.0, 9.0  # the last is not in the gap
+    free = V._least_confident(unc, gap, 1 / 3)
+    assert free.sum() == 2 and free[0, 0, 1] and free[1, 2, 1]
+    assert not V._least_confident(unc, gap, 0.0).any()
+    assert np.array_equal(V._least_confident(unc, gap, 1.0), gap)
+
+
+def test_uncertainty_reliability_in_the_report(hybrid_report, tmp_path):
+    rel = hybrid_report["uncertainty"]["reliability"]
+    assert rel["n_voxels"] == hybrid_report["settings"]["gap_voxels"]
+    assert len(rel["bins"]) == 10 and sum(b["count"] for b in rel["bins"]) == rel["n_voxels"]
+    assert rel["spearman"] is None or -1 <= rel["spearman"] <= 1
+    paths = V.write_report(hybrid_report, tmp_path)
+    page = paths["html"].read_text()
+    assert "Uncertainty of the model and its reliability" in page and "Uncertainty map in the gap" in page
+    pngs = _embedded_pngs(page)
+    assert len(pngs) == page.count("<img") == 4  # real, reciprocal, reliability, uncertainty map
+    # A report loaded back from JSON still draws the reliability plot (it is in the data).
+    again = tmp_path / "again"
+    V.write_report(json.loads(paths["json"].read_text()), again)
+    assert (again / "report.html").read_text().count("<img") == 1
+
+
+def test_band_limit_methods_run_in_both_modes(hybrid_report):
+    res = hybrid_report["results"]["pr"]
+    for name in ("model+gp", "biharmonic+gp", "gp"):
+        assert math.isfinite(res[name]["strain_rmse"]) and math.isfinite(res[name]["pcc_gap"]), name
+    # the model's fill is shared: the refinement's time includes it
+    assert res["model+gp"]["fill_time_s"] >= res["inpaint"]["fill_time_s"]
+    assert hybrid_report["settings"]["refine_options"] == {"n_iter": 20}
+
+
+def test_band_limit_fill_keeps_measured_voxels():
+    ctx = V._Context(np.ones((4, 4, 4), complex), None, None, None, None, None, None, 1, 0, None, None, None,
+                     0.3, refine_options={"n_iter": 5})
+    rng = np.random.default_rng(0)
+    noisy = rng.poisson(50, (32, 32, 32)).astype(np.float32)
+    gap, _ = V._gap_mask("cross:3", noisy.shape)
+    for name in ("biharmonic+gp", "gp"):
+        out = V._fill(name, noisy, gap, ctx)
+        assert np.array_equal(out[~gap], noisy[~gap]) and (out >= 0).all()
+
+
+@pytest.mark.parametrize("kwargs, err", [
+    ({"hybrid_quantile": 1.5}, ValueError),
+    ({"hybrid_quantile": -0.1}, ValueError),
+    ({"hybrid_quantile": True}, ValueError),
+    ({"refine_options": [("n_iter", 3)]}, TypeError),
+])
+def test_bad_hybrid_and_refine_arguments(kwargs, err):
+    with pytest.raises(err):
+        V.validate(seed=0, size=32, progress=False, methods=("no_gap",), **kwargs)
