@@ -9,9 +9,9 @@ Protocol
   same noisy truth: no fill can expect to do better, since the noise is unpredictable.
   ``headroom`` = (PCC - PCC_linear) / (PCC_ceiling - PCC_linear): the share of the way
   from linear interpolation to the ceiling that a fill closes.
-* Whole arrays: 128^3 simulated patterns (seeds 300000...) with a 6-pixel cross gap near
-  the peak, inpainted as a user would (`bcdi_gapfill.inpaint`), PCC over all gap voxels,
-  with the wall time of each method.
+* Whole arrays: 128^3 simulated patterns (seeds 300000...) with a cross gap of 3, 6, 9 and
+  12 pixels near the peak, inpainted as a user would (`bcdi_gapfill.inpaint`), PCC over all
+  gap voxels, with the wall time of each method.
 * Breakdowns: PCC against the mean photon count of the portion (Fig. 5) and against the
   oversampling ratio (Fig. 6); in-gap slices of truth, model and classical fills (Figs. 3, 4).
 
@@ -114,50 +114,65 @@ def portion_table(bank, models: dict[str, Any], widths=WIDTHS, n_portions: int =
     return result
 
 
-def whole_array_table(models: dict[str, Any], n_arrays: int = 4, size: int = 128, width: int = 6,
-                      first_seed: int = ARRAY_FIRST_SEED, stride: int = 8) -> tuple[dict, dict]:
+def whole_array_table(models: dict[str, Any], n_arrays: int = 4, size: int = 128,
+                      widths: tuple[int, ...] | int = WIDTHS, first_seed: int = ARRAY_FIRST_SEED,
+                      stride: int | None = None) -> tuple[dict, dict]:
     """PCC over every gap voxel of whole arrays with a cross gap near the peak, and timings.
 
-    Returns the table and, for the first array, the slices needed for the in-gap figure.
+    For each width, ``n_arrays`` simulated patterns (seeds ``first_seed``...; the same seeds
+    at every width) get a cross gap of that width within 8 pixels of the centre on each
+    detector axis. Returns the table (``rows``: one per (width, array); ``per_width``: mean
+    PCC and headroom of each method) and, for the first array of the first width, the slices
+    of the in-gap figure.
     """
     from bcdi_gapfill.geometry import synthetic_gap_mask
     from bcdi_gapfill.inpaint import inpaint
     from bcdi_gapfill.metrics import pcc_gap
     from bcdi_gapfill.simulate import simulate_pattern
 
-    table: dict[str, Any] = {"width": width, "size": size, "stride": stride, "arrays": []}
+    widths = (widths,) if isinstance(widths, int) else tuple(widths)
+    table: dict[str, Any] = {"widths": list(widths), "size": size, "stride": stride, "rows": []}
     slices: dict[str, np.ndarray] = {}
     for i in range(n_arrays):
         seed = first_seed + i
         pattern = simulate_pattern(size, seed)
-        rng = np.random.default_rng(seed)
-        centre = size // 2 - width // 2
-        pos = [int(centre + rng.integers(-8, 9)) for _ in range(2)]
-        gap = synthetic_gap_mask(pattern.counts.shape, "cross", width, position=pos[0], position2=pos[1])
-        row: dict[str, Any] = {"seed": seed, "oversampling": float(np.mean(pattern.metadata["oversampling"])),
-                               "peak_counts": pattern.metadata["peak_counts"],
-                               "ceiling": float(pcc_gap(pattern.counts, pattern.expected, gap))}
-        fills = {}
-        for method in ("linear", "biharmonic"):
-            t0 = time.perf_counter()
-            fills[method] = inpaint(pattern.counts, gap, method=method)
-            row[f"{method}_seconds"] = time.perf_counter() - t0
-        for name, model in models.items():
-            t0 = time.perf_counter()
-            fills[name] = inpaint(pattern.counts, gap, model=model, stride=stride)
-            row[f"{name}_seconds"] = time.perf_counter() - t0
-        for name, filled in fills.items():
-            row[name] = float(pcc_gap(pattern.counts, filled, gap))
-        lin = row["linear"]
-        for name in fills:
-            row[f"{name}_headroom"] = (row[name] - lin) / (row["ceiling"] - lin)
-        table["arrays"].append(row)
-        if i == 0:
-            # The in-gap plane of the vertical band: frames x rows at its middle column.
-            col = pos[0] + width // 2
-            slices = {"truth": pattern.counts[:, :, col], "expected": pattern.expected[:, :, col],
-                      **{k: v[:, :, col] for k, v in fills.items()},
-                      "masked_frame": np.where(gap, np.nan, pattern.counts)[size // 2]}
+        for width in widths:
+            rng = np.random.default_rng(seed)
+            centre = size // 2 - width // 2
+            pos = [int(centre + rng.integers(-8, 9)) for _ in range(2)]
+            gap = synthetic_gap_mask(pattern.counts.shape, "cross", width, position=pos[0], position2=pos[1])
+            row: dict[str, Any] = {"seed": seed, "width": width,
+                                   "oversampling": float(np.mean(pattern.metadata["oversampling"])),
+                                   "peak_counts": pattern.metadata["peak_counts"],
+                                   "ceiling": float(pcc_gap(pattern.counts, pattern.expected, gap))}
+            fills = {}
+            for method in ("linear", "biharmonic"):
+                t0 = time.perf_counter()
+                fills[method] = inpaint(pattern.counts, gap, method=method)
+                row[f"{method}_seconds"] = time.perf_counter() - t0
+            for name, model in models.items():
+                t0 = time.perf_counter()
+                fills[name] = inpaint(pattern.counts, gap, model=model, stride=stride)
+                row[f"{name}_seconds"] = time.perf_counter() - t0
+            for name, filled in fills.items():
+                row[name] = float(pcc_gap(pattern.counts, filled, gap))
+            lin = row["linear"]
+            for name in fills:
+                row[f"{name}_headroom"] = (row[name] - lin) / (row["ceiling"] - lin)
+            table["rows"].append(row)
+            if not slices:
+                # The in-gap plane of the vertical band: frames x rows at its middle column.
+                col = pos[0] + width // 2
+                slices = {"truth": pattern.counts[:, :, col], "expected": pattern.expected[:, :, col],
+                          **{k: v[:, :, col] for k, v in fills.items()},
+                          "masked_frame": np.where(gap, np.nan, pattern.counts)[size // 2],
+                          "width": width}
+    methods = ["linear", "biharmonic", *models]
+    table["per_width"] = {
+        str(w): {m: {"pcc": float(np.mean([r[m] for r in table["rows"] if r["width"] == w])),
+                     "headroom": float(np.mean([r[f"{m}_headroom"] for r in table["rows"] if r["width"] == w])),
+                     "seconds": float(np.mean([r[f"{m}_seconds"] for r in table["rows"] if r["width"] == w]))}
+                 for m in methods} for w in widths}
     return table, slices
 
 
@@ -202,7 +217,7 @@ def _figures(out: Path, portions: dict, slices: dict) -> list[str]:
         axes[0].set_title("central frame, gap masked")
         for ax, name in zip(axes[1:], panels):
             im = ax.imshow(slices[name] + 0.5, norm=norm, cmap="turbo", aspect="auto")
-            ax.set_title(f"in-gap plane: {name}")
+            ax.set_title(f"in-gap plane ({slices['width']}-px gap): {name}")
             ax.set_xlabel("row")
             ax.set_ylabel("frame")
         fig.colorbar(im, ax=axes, shrink=0.8, label="counts + 0.5")
@@ -237,25 +252,43 @@ def _markdown(portions: dict, arrays: dict | None) -> str:
     lines.append("| paper (Table 1, experimental portions) | 0.989 | 0.977 | 0.955 | 0.946 |")
 
     if arrays:
-        names = [k for k in arrays["arrays"][0] if k.endswith("_seconds")]
-        methods = [k[:-8] for k in names]
-        lines += ["", f"## Whole arrays ({arrays['size']}^3, {arrays['width']}-pixel cross gap near the peak, "
-                      f"model stride {arrays['stride']})", "",
-                  "| seed | oversampling | peak counts | ceiling | " + " | ".join(
-                      f"{m} PCC (headroom, s)" for m in methods) + " |",
-                  "|---|---|---|---|" + "---|" * len(methods)]
-        for row in arrays["arrays"]:
-            lines.append(f"| {row['seed']} | {row['oversampling']:.2f} | {row['peak_counts']:.3g} | "
-                         f"{row['ceiling']:.3f} | " + " | ".join(
-                             f"{row[m]:.3f} ({row[m + '_headroom']:.2f}, {row[m + '_seconds']:.1f})"
-                             for m in methods) + " |")
+        methods = [k[:-8] for k in arrays["rows"][0] if k.endswith("_seconds")]
+        stride = arrays["stride"] or "default"
+        lines += ["", f"## Whole arrays ({arrays['size']}^3, cross gap near the peak, model stride {stride})", "",
+                  "In-gap PCC of log1p counts over every gap voxel against the noisy truth; mean over "
+                  "the arrays of each width (headroom in brackets, then seconds per array).", "",
+                  "| width | " + " | ".join(f"{m} PCC (headroom, s)" for m in methods) + " |",
+                  "|---|" + "---|" * len(methods)]
+        for w, per in arrays["per_width"].items():
+            lines.append(f"| {w} | " + " | ".join(
+                f"{per[m]['pcc']:.4f} ({per[m]['headroom']:.2f}, {per[m]['seconds']:.1f})" for m in methods) + " |")
+        lines.append("| mean headroom | " + " | ".join(
+            f"{np.mean([per[m]['headroom'] for per in arrays['per_width'].values()]):.2f}" for m in methods) + " |")
+        lines += ["", "| seed | width | oversampling | peak counts | ceiling | " + " | ".join(
+                      f"{m} PCC (headroom)" for m in methods) + " |",
+                  "|---|---|---|---|---|" + "---|" * len(methods)]
+        for row in arrays["rows"]:
+            lines.append(f"| {row['seed']} | {row['width']} | {row['oversampling']:.2f} | {row['peak_counts']:.3g} | "
+                         f"{row['ceiling']:.4f} | " + " | ".join(
+                             f"{row[m]:.4f} ({row[m + '_headroom']:.2f})" for m in methods) + " |")
     return "\n".join(lines) + "\n"
 
 
 def run_evaluation(out_dir: str | Path, *, n_portions: int = 1000, n_arrays: int = 4, weights=None,
                    paper_weights=None, overwrite: bool = False, cache_dir: str | None = "runs/cache",
-                   n_test_patterns: int = 100) -> dict:
-    """Run the whole evaluation and write its table, JSON and figures into ``out_dir``."""
+                   n_test_patterns: int = 100, array_widths: tuple[int, ...] = WIDTHS,
+                   stride: int | None = None, num_threads: int | None = None, n_scans: int = 3) -> dict:
+    """Run the whole evaluation and write its table, JSON and figures into ``out_dir``.
+
+    ``n_scans`` cdiutils-simulated Maxipix scans (`bcdi_gapfill.scans`; data the training
+    never saw, from another simulator, in the detector frame, with the real chip cross) are
+    added when cdiutils is installed. ``num_threads`` sets torch's CPU threads for the run (1 is much faster than 2 on a CPU
+    shared with other jobs; see docs/benchmarks.md); ``stride`` is the model's window stride
+    on whole arrays (None: `inpaint`'s default).
+    """
+    if num_threads:
+        import torch
+        torch.set_num_threads(num_threads)
     from bcdi_gapfill.dataset import cached_portion_bank
     from bcdi_gapfill.inpaint import load_model
     from bcdi_gapfill.io import atomic_write_text
@@ -270,12 +303,26 @@ def run_evaluation(out_dir: str | Path, *, n_portions: int = 1000, n_arrays: int
         models["paper_model"] = load_model(paper_weights, "cpu")[0]
     bank = cached_portion_bank(n_test_patterns, TEST_FIRST_SEED, 128, cache_dir)
     portions = portion_table(bank, models, n_portions=n_portions)
-    arrays, slices = whole_array_table(models, n_arrays=n_arrays) if n_arrays else (None, {})
+    arrays, slices = whole_array_table(models, n_arrays=n_arrays, widths=array_widths, stride=stride) \
+        if n_arrays else (None, {})
+    scans = None
+    if n_scans:
+        from bcdi_gapfill.scans import cdiutils_scan_set, format_scan_table, scan_table
+        try:
+            scan_set = cdiutils_scan_set(n_scans, 0)
+        except ImportError as exc:
+            print(f"cdiutils scans skipped: {exc}")
+        else:
+            scans = scan_table(models, scan_set, stride=stride)
     figures = _figures(out, portions, slices)
     summary = {"model": {k: info.get(k) for k in ("weights", "sha256")}, "portions": portions,
-               "whole_arrays": arrays, "figures": figures}
+               "whole_arrays": arrays, "cdiutils_scans": scans, "figures": figures}
     atomic_write_text(out / "evaluation.json", json.dumps(summary, indent=1), overwrite=True)
     markdown = _markdown(portions, arrays)
+    if scans is not None:
+        markdown += ("\n## cdiutils-simulated Maxipix scans (detector frame, real chip cross near the peak)\n\n"
+                     "In-gap PCC of log1p counts against the noisy truth (headroom, seconds); another simulator "
+                     "than training's.\n\n" + format_scan_table(scans))
     atomic_write_text(out / "evaluation.md", markdown, overwrite=True)
     print(markdown)
     return summary
