@@ -174,7 +174,8 @@ def calibrate(seeds: Sequence[int] = (400_000, 400_001, 400_002), *, size: int =
     size, width : int
         Array size (voxels per axis) and gap width (pixels).
     model, stride, num_threads
-        Passed to :func:`bcdi_gapfill.inpaint.inpaint` (None: the shipped model, stride 8).
+        Passed to :func:`bcdi_gapfill.inpaint.inpaint` (None: the shipped model and
+        inpaint's default stride).
     flips : bool
         Test-time flips (the uncertainty then also holds the spread between flipped views).
     n_bins : int
