@@ -242,16 +242,22 @@ class GapPortionDataset(Dataset):
     zeroed, gap mask], target (1, 32, 32, 32) = normalised log1p of the expectation (clipped to
     0..1), gap (1, 32, 32, 32) bool; with ``prefill`` (a function of the (1, 1, 32, 32, 32)
     log_norm and gap, e.g. `bcdi_gapfill.model.compute_prefill`) a fourth item, the
-    prefilled channel (1, 32, 32, 32), computed in the loader's worker. Gap widths are drawn from ``widths``; with
-    ``augment`` the two detector axes are randomly flipped and swapped. With ``fixed=True``
-    the gap and augmentation of item i are the same at every call (validation, test).
+    prefilled channel (1, 32, 32, 32), computed in the loader's worker. With ``with_counts``
+    two more items: the counts (1, 32, 32, 32) whose log1p is the target before
+    normalisation (``expm1`` of it, not clipped) and the normalisation scale (a 0-d tensor),
+    which a loss on the count scale needs (fine-tuning's Poisson deviance). Gap widths are
+    drawn from ``widths``; with ``augment`` the two detector axes are randomly flipped and
+    swapped. With ``fixed=True`` the gap and augmentation of item i are the same at every
+    call (validation, test).
     """
 
     def __init__(self, bank: PortionBank, widths: Iterable[int] = (3, 6, 9, 12), *,
                  cross_probability: float = 0.3, augment: bool = True, fixed: bool = False,
-                 seed: int = 0, prefill: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None):
+                 seed: int = 0, prefill: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+                 with_counts: bool = False):
         self.bank = bank
         self.prefill = prefill
+        self.with_counts = with_counts
         self.widths = tuple(int(w) for w in widths)
         self.cross_probability = cross_probability
         self.augment = augment
@@ -283,6 +289,9 @@ class GapPortionDataset(Dataset):
         item = (torch.from_numpy(np.ascontiguousarray(inputs)),
                 torch.from_numpy(np.ascontiguousarray(target[None])),
                 torch.from_numpy(np.ascontiguousarray(gap[None])))
-        if self.prefill is None:
-            return item
-        return (*item, self.prefill(item[0][None, :1], item[2][None])[0])
+        if self.prefill is not None:
+            item = (*item, self.prefill(item[0][None, :1], item[2][None])[0])
+        if self.with_counts:
+            item = (*item, torch.from_numpy(np.ascontiguousarray(np.expm1(log_expected)[None])),
+                    torch.tensor(scale, dtype=torch.float32))
+        return item

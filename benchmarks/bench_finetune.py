@@ -52,6 +52,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--batch-size", type=int, default=None, help="default: finetune's")
     ap.add_argument("--holdout", type=int, default=32)
     ap.add_argument("--periphery-power", type=float, default=None, help="default: finetune's")
+    ap.add_argument("--loss", choices=("poisson", "paper"), default=None, help="default: finetune's")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--name", default=None, help="result file name (default finetune_<case>)")
     opts = ap.parse_args(argv)
@@ -91,7 +92,7 @@ def main(argv=None) -> dict:
     checkpoints = sorted(set(opts.steps))
     # Options left out take finetune's defaults.
     chosen = {k: v for k, v in (("periphery_power", opts.periphery_power), ("lr", opts.lr),
-                                ("batch_size", opts.batch_size)) if v is not None}
+                                ("batch_size", opts.batch_size), ("loss", opts.loss)) if v is not None}
     for n_portions in opts.portions:
         real = {}
 

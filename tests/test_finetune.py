@@ -37,10 +37,12 @@ def _params(net):
     return {k: v.detach().clone() for k, v in net.state_dict().items()}
 
 
-def test_finetune_lowers_the_loss_on_the_arrays_own_portions(measured):
+@pytest.mark.parametrize("loss", ["poisson", "paper"])
+def test_finetune_lowers_the_loss_on_the_arrays_own_portions(measured, loss):
     data, gap = measured
-    result = ft.finetune(data, gap, n_portions=4, steps=4, batch_size=2, lr=1e-4, holdout=0)
+    result = ft.finetune(data, gap, n_portions=4, steps=4, batch_size=2, lr=1e-4, holdout=0, loss=loss)
     assert result.steps == 4 and len(result.losses) == 4 and result.n_portions == 4
+    assert result.settings["loss"] == loss
     assert result.widths == (3,)  # the real gap's width
     assert result.train_loss_after < result.train_loss_before
     assert result.improved is None and not result.reverted and np.isnan(result.pcc_before)
@@ -74,6 +76,34 @@ def test_no_held_out_voxel_is_trained_on(measured, monkeypatch):
     assert train_exclude[:, :, 48:].all() and holdout_exclude[:, :, :48].all()
     assert train_exclude[gap].all() and holdout_exclude[gap].all()
     assert holdout_exclude[:, :, 88:95].all()  # the gap's 2-pixel margin
+
+
+def test_portions_with_counts_are_the_same_draws_plus_counts_and_scale(measured):
+    """Same gaps, flips and swaps as without counts, plus the counts and the scale."""
+    from bcdi_gapfill.dataset import MIN_SCALE, GapPortionDataset
+    data, gap = measured
+    bank = ft._cut_portions(data, gap, 5, np.random.default_rng(0), -0.5)
+    for options in ({"augment": True}, {"augment": False, "fixed": True}):
+        plain = GapPortionDataset(bank, (3, 6), seed=4, **options)
+        scaled = GapPortionDataset(bank, (3, 6), seed=4, with_counts=True, **options)
+        for i in range(len(bank)):
+            inputs, target, gap_i, counts, scale = scaled[i]
+            assert all(torch.equal(a, b) for a, b in zip(plain[i], (inputs, target, gap_i)))
+            measured_log = torch.log1p(counts)[~gap_i]
+            assert float(scale) == pytest.approx(max(float(measured_log.max()), MIN_SCALE), rel=1e-6)
+            assert torch.allclose(torch.log1p(counts)[~gap_i] / scale, inputs[0][~gap_i[0]], atol=1e-5)
+
+
+def test_poisson_deviance_vanishes_at_the_counts_and_has_finite_gradients():
+    counts = torch.tensor([0.0, 1.0, 7.0, 1e4]).reshape(1, 1, 1, 1, 4)
+    gap = torch.ones_like(counts, dtype=torch.bool)
+    scale = torch.tensor([float(np.log1p(1e4))])
+    exact = (torch.log1p(counts) / scale).requires_grad_(True)
+    assert float(ft._poisson_deviance(exact, counts, gap, scale).detach()) == pytest.approx(0.0, abs=1e-2)  # float32
+    off = (exact.detach() * 0.9).requires_grad_(True)
+    value = ft._poisson_deviance(off, counts, gap, scale)
+    value.backward()
+    assert float(value) > 1.0 and torch.isfinite(off.grad).all()
 
 
 def test_blocked_corners_match_a_direct_scan():
@@ -197,6 +227,8 @@ def test_bad_input_is_named(measured):
         ft.finetune(data, gap, steps=2.5)
     with pytest.raises(ValueError, match="lr must be a finite number > 0"):
         ft.finetune(data, gap, lr=-1.0)
+    with pytest.raises(ValueError, match="unknown loss 'mse'"):
+        ft.finetune(data, gap, loss="mse")
     with pytest.raises(TypeError, match="model must be None, a weights path or a PatchUNet"):
         ft.finetune(data, gap, model=3, holdout=0, steps=1, n_portions=1)
     with pytest.raises(ValueError, match="too wide"):
