@@ -43,7 +43,7 @@ import numpy as np
 from bcdi_gapfill import __version__, geometry
 from bcdi_gapfill import io as gio
 
-__all__ = ["fill_bcdi_arrays", "fill_bcdi_files", "output_paths", "cmd_bcdi", "add_bcdi_parser"]
+__all__ = ["fill_bcdi_arrays", "fill_bcdi_files", "output_paths", "save_filled_pair", "cmd_bcdi", "add_bcdi_parser"]
 
 
 # ------------------------------------------------------------------------------- helpers
@@ -327,6 +327,17 @@ def fill_bcdi_files(data_path: str | os.PathLike, mask_path: str | os.PathLike |
         record["inputs"].update(mask=str(Path(mask_path).resolve()), mask_sha256=gio.file_sha256(mask_path))
     record["outputs"] = {role: str(path.resolve()) for role, path in paths.items()}
 
+    return save_filled_pair(paths, filled, new_mask, record, overwrite=overwrite, protect=protect)
+
+
+def save_filled_pair(paths: dict[str, Path], filled: np.ndarray, new_mask: np.ndarray, record: dict, *,
+                     overwrite: bool = False, protect: Sequence[str | os.PathLike] = ()) -> dict[str, Path]:
+    """Write a filled pair as bcdi writes its own: ``data`` and ``mask`` npz files, and the JSON record.
+
+    ``paths`` is :func:`output_paths`' dict. Each file is written atomically, the record last
+    (its presence means the pair is complete); ``protect`` lists files never to be written
+    (the inputs). Returns ``paths``.
+    """
     gio.save_array(paths["data"], filled, overwrite=overwrite, protect=protect)
     buffer = _pyio.BytesIO()
     np.savez_compressed(buffer, mask=new_mask)

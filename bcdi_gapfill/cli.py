@@ -233,6 +233,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     from bcdi_gapfill.bcdi_stage import add_bcdi_parser
     add_bcdi_parser(sub)
+    from bcdi_gapfill.bcdi_preprocess import add_bcdi_preprocess_parser
+    add_bcdi_preprocess_parser(sub)
     from bcdi_gapfill.batch import add_batch_parser
     add_batch_parser(sub)
     from bcdi_gapfill.finetune import add_finetune_parser

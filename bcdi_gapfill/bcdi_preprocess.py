@@ -1,0 +1,546 @@
+"""bcdi's own preprocessing with the gap-filling stage inserted.
+
+:func:`run_bcdi_preprocessing` takes a bcdi preprocessing YAML configuration (the one you give
+``bcdi_preprocess_BCDI.py``) with one extra section, ``gapfill:``, and
+
+1. splits ``gapfill:`` off (:func:`split_config`) and checks its keys, so bcdi never sees it;
+2. parses the rest with bcdi's own ``bcdi.utils.parser.ConfigParser`` (same validation and
+   command-line overrides as bcdi's script) and runs bcdi's own entry function,
+   ``bcdi.preprocessing.preprocessing_runner.run``, which validates the parameters and calls
+   ``process_scan`` for each scan: loading, chip-gap masking, centring, cropping, binning,
+   saving ``S<scan>_pynx<comment>.npz`` and ``S<scan>_maskpynx<comment>.npz`` exactly as bcdi
+   does;
+3. at the moment bcdi has saved that pair, takes bcdi's final in-memory ``data`` and ``mask``
+   and the ``Detector`` bcdi built, fills the gap with
+   :func:`bcdi_gapfill.bcdi_stage.fill_bcdi_arrays`, and writes
+   ``S<scan>_pynx<comment>_gapfilled.npz``, ``S<scan>_maskpynx<comment>_gapfilled.npz`` and the
+   JSON record ``S<scan>_pynx<comment>_gapfilled.json`` next to bcdi's pair.
+
+bcdi's outputs are kept as bcdi wrote them; ours are written atomically with
+:func:`bcdi_gapfill.bcdi_stage.save_filled_pair`; the raw detector files are only read (by
+bcdi).
+
+Where the stage is inserted, and why there
+------------------------------------------
+bcdi's ``process_scan`` is one long function with no hook: it builds an ``Analysis`` object
+with ``create_analysis``, calls its steps, and ends with ``analysis.save_data(<dir>/S<scan>_pynx
+<comment>)`` then ``analysis.save_mask(<dir>/S<scan>_maskpynx<comment>)``. While bcdi runs, the
+``create_analysis`` name that ``process_scan`` looks up is wrapped so that each analysis it
+returns has its ``save_data``/``save_mask`` wrapped on that instance only (bcdi's classes are
+not modified): bcdi saves first, then the stage runs on ``analysis.data`` and ``analysis.mask``
+as they were just written, which are the final arrays (after centring, alien/hot-pixel masking,
+photon threshold and binning). This is the true in-memory point between bcdi's masking and its
+save, with three advantages over filling the files afterwards: the file names come from bcdi
+itself (no globbing for ``S<scan>_pynx*.npz``), the gap can be taken from the ``Detector``
+object bcdi built (name, ROI, current binning), and a multi-scan run fills each scan as soon
+as it is saved. Filling *after* bcdi's save rather than before keeps bcdi's own pair unchanged.
+The wrapper is removed when the run ends, also on error; it is not thread-safe (two runs in
+threads of one process would share it).
+
+bcdi's multiprocessing pool is not used (``multiprocessing`` is set to False): bcdi's pool
+logs the error of a failed scan and goes on, so a failed fill would go unnoticed, and a
+forked worker is no place for torch. Scans run one after the other in this process, as bcdi
+does with ``multiprocessing: False``.
+
+The ``gapfill:`` section (every key optional)
+---------------------------------------------
+``method``
+    ``model`` (default), ``biharmonic``, ``linear``, ``cubic``, ``nearest`` or ``zero``.
+``weights``
+    Weights file of the model (default: the shipped model).
+``stride``, ``batch_size``, ``device``, ``flips``
+    As :func:`bcdi_gapfill.inpaint.inpaint`.
+``gap_from``
+    ``mask`` (default): the gap is the long lines of detector pixels masked in every frame
+    (works after bcdi's centring and cropping). ``detector``: the gap is the chip layout of
+    the detector bcdi built, cropped to its ROI and binned as bcdi did; refused when bcdi's
+    ``center_fft`` or FFT-shape crop changed the array (use ``mask`` then).
+``detector``, ``roi``, ``binning``
+    With ``gap_from: detector``: a layout name (e.g. ``Maxipix``) instead of bcdi's detector,
+    a ROI ``[y0, y1, x0, x1]`` in unbinned pixels instead of bcdi's, and a binning
+    ``[frames, rows, columns]`` instead of bcdi's current binning.
+``suffix``
+    Appended to bcdi's file names (default ``_gapfilled``).
+``out_dir``
+    Directory of our outputs (must exist; default: bcdi's save directory).
+``overwrite``
+    Replace our outputs of an earlier run (default False: an existing output stops the run
+    before the fill). bcdi overwrites its own outputs as it always does.
+
+A value ``None`` (the string, as bcdi's YAML files write it) reads as null, as in bcdi.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import difflib
+import io as pyio
+import logging
+import os
+import tempfile
+from numbers import Integral
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping
+
+import numpy as np
+
+from bcdi_gapfill import bcdi_stage
+from bcdi_gapfill import io as gio
+
+__all__ = ["GAPFILL_DEFAULTS", "load_config", "split_config", "check_gapfill_settings", "run_bcdi_preprocessing",
+           "write_simulated_id01bliss_scan", "add_bcdi_preprocess_parser", "cmd_bcdi_preprocess"]
+
+#: The keys of the ``gapfill:`` section and their defaults.
+GAPFILL_DEFAULTS: dict[str, Any] = {
+    "method": "model",
+    "weights": None,
+    "stride": None,
+    "batch_size": None,
+    "device": None,
+    "flips": False,
+    "gap_from": "mask",
+    "detector": None,
+    "roi": None,
+    "binning": None,
+    "suffix": "_gapfilled",
+    "out_dir": None,
+    "overwrite": False,
+}
+_METHODS = ("model", "biharmonic", "linear", "cubic", "nearest", "zero")
+_BCDI_INSTALL = ("pip install --no-deps --ignore-requires-python bcdi==0.3.1 and pip install 'bcdi-gapfill[bcdi]' "
+                 "(its dependencies), or `make install`")
+
+
+def _import_bcdi() -> tuple[Any, Any, Any, type]:
+    """bcdi's ConfigParser, runner module, process_scan module and ParameterError, or a clear ImportError."""
+    try:
+        from bcdi.preprocessing import preprocessing_runner
+        from bcdi.preprocessing import process_scan as process_scan_module
+        from bcdi.utils.parameters import ParameterError
+        from bcdi.utils.parser import ConfigParser
+    except ImportError as exc:
+        raise ImportError(f"the bcdi preprocessing workflow needs bcdi 0.3.1, which cannot be imported ({exc}); "
+                          f"install it with: {_BCDI_INSTALL}") from None
+    return ConfigParser, preprocessing_runner, process_scan_module, ParameterError
+
+
+# --------------------------------------------------------------------------- configuration
+def load_config(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a bcdi preprocessing YAML file (with or without a ``gapfill:`` section) as a dict."""
+    import yaml
+
+    path = Path(gio._as_path(path, "config"))
+    if not path.is_file():
+        raise FileNotFoundError(f"no such configuration file: {path}")
+    if path.suffix not in (".yml", ".yaml"):
+        raise ValueError(f"{path}: a bcdi configuration is a YAML file (.yml), got suffix '{path.suffix}'")
+    try:
+        config = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise ValueError(f"cannot read {path} as YAML: {exc}") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"{path}: a bcdi configuration is a YAML mapping of parameters, got "
+                         f"{type(config).__name__}")
+    return config
+
+
+def _none(value: Any) -> Any:
+    return None if isinstance(value, str) and value.strip().lower() == "none" else value
+
+
+def _positive_int_or_none(settings: dict, key: str) -> None:
+    value = settings[key]
+    if value is not None and (isinstance(value, bool) or not isinstance(value, Integral) or value < 1):
+        raise ValueError(f"gapfill.{key} must be a positive integer or null, got {value!r}")
+
+
+def _int_list_or_none(settings: dict, key: str, n: int) -> None:
+    value = settings[key]
+    if value is None:
+        return
+    if (not isinstance(value, (list, tuple)) or len(value) != n
+            or any(isinstance(v, bool) or not isinstance(v, Integral) for v in value)):
+        raise ValueError(f"gapfill.{key} must be a list of {n} integers or null, got {value!r}")
+    settings[key] = [int(v) for v in value]
+
+
+def check_gapfill_settings(section: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The ``gapfill:`` section checked and completed with :data:`GAPFILL_DEFAULTS`.
+
+    Raises ValueError naming an unknown key (with the closest known one), or a value of the
+    wrong kind; TypeError when the section is not a mapping.
+    """
+    if section is None:
+        section = {}
+    if not isinstance(section, Mapping):
+        raise TypeError(f"the gapfill section must be a mapping of settings, got {type(section).__name__}: "
+                        f"{section!r}")
+    unknown = [key for key in section if key not in GAPFILL_DEFAULTS]
+    if unknown:
+        hints = []
+        for key in unknown:
+            close = difflib.get_close_matches(str(key), list(GAPFILL_DEFAULTS), n=1)
+            hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+        raise ValueError(f"unknown gapfill keys: {', '.join(hints)}; known: {sorted(GAPFILL_DEFAULTS)}")
+    settings = {**GAPFILL_DEFAULTS, **{key: _none(value) for key, value in section.items()}}
+    if settings["method"] not in _METHODS:
+        raise ValueError(f"gapfill.method must be one of {list(_METHODS)}, got {settings['method']!r}")
+    if settings["gap_from"] not in ("mask", "detector"):
+        raise ValueError(f"gapfill.gap_from must be 'mask' or 'detector', got {settings['gap_from']!r}")
+    for key in ("stride", "batch_size"):
+        _positive_int_or_none(settings, key)
+    _int_list_or_none(settings, "roi", 4)
+    _int_list_or_none(settings, "binning", 3)
+    for key in ("flips", "overwrite"):
+        if not isinstance(settings[key], bool):
+            raise ValueError(f"gapfill.{key} must be true or false, got {settings[key]!r}")
+    for key in ("weights", "device", "detector", "out_dir"):
+        if settings[key] is not None and not isinstance(settings[key], str):
+            raise ValueError(f"gapfill.{key} must be a string or null, got {settings[key]!r}")
+    if not isinstance(settings["suffix"], str) or not settings["suffix"] or "/" in settings["suffix"]:
+        raise ValueError(f"gapfill.suffix must be a non-empty file-name fragment, got {settings['suffix']!r}")
+    if settings["gap_from"] == "mask":
+        given = [key for key in ("detector", "roi", "binning") if settings[key] is not None]
+        if given:
+            raise ValueError(f"gapfill.{given[0]} describes a detector layout: set gapfill.gap_from: detector with "
+                             "it, or remove it to find the gap from bcdi's mask")
+    if settings["method"] != "model" and settings["weights"] is not None:
+        raise ValueError(f"gapfill.weights is for method 'model', but method is {settings['method']!r}")
+    if settings["weights"] is not None and not Path(settings["weights"]).is_file():
+        raise FileNotFoundError(f"no such weights file: {settings['weights']} (gapfill.weights)")
+    if settings["out_dir"] is not None and not Path(settings["out_dir"]).is_dir():
+        raise FileNotFoundError(f"gapfill.out_dir {settings['out_dir']} is not an existing directory")
+    return settings
+
+
+def split_config(config: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Split a configuration into bcdi's parameters and the checked ``gapfill`` settings.
+
+    Returns ``(bcdi_parameters, gapfill_settings)``; the first is the configuration without
+    ``gapfill`` (a new dict, ``config`` is not modified). A missing ``gapfill`` section gives
+    the defaults. A top-level key that looks like a misspelt ``gapfill`` (``gap_fill``,
+    ``GapFill``) is refused, since bcdi would silently ignore it.
+    """
+    if not isinstance(config, Mapping):
+        raise TypeError(f"config must be a mapping of bcdi parameters, got {type(config).__name__}")
+    bcdi_parameters = {key: value for key, value in config.items() if key != "gapfill"}
+    for key in bcdi_parameters:
+        normalised = str(key).lower().replace("_", "").replace("-", "").replace(" ", "")
+        if normalised == "gapfill" or difflib.get_close_matches(normalised, ["gapfill"], n=1, cutoff=0.85):
+            raise ValueError(f"top-level key {key!r} looks like a misspelt 'gapfill' section; name it 'gapfill'")
+    if bcdi_parameters.get("detector_on_goniometer") is False:
+        raise ValueError("detector_on_goniometer is false: that is bcdi's forward-CDI preprocessing "
+                         "(process_scan_cdi), which this BCDI workflow does not cover")
+    save_to_npz = _none(bcdi_parameters.get("save_to_npz", True))
+    if save_to_npz is False or (isinstance(save_to_npz, str) and save_to_npz.strip().lower() == "false"):
+        raise ValueError("save_to_npz is false: bcdi would write no S<scan>_pynx*.npz pair for the gap-filled "
+                         "pair to go with; set save_to_npz: true")
+    return bcdi_parameters, check_gapfill_settings(config.get("gapfill"))
+
+
+def _parse_with_bcdi(config_parser: Any, bcdi_parameters: dict[str, Any],
+                     command_line_args: Mapping[str, Any] | None) -> dict[str, Any]:
+    """bcdi's ConfigParser on the parameters (it reads a .yml file: a temporary copy)."""
+    import yaml
+
+    with tempfile.TemporaryDirectory(prefix="bcdi_gapfill_") as tmp:
+        path = Path(tmp) / "bcdi_config.yml"
+        path.write_text(yaml.safe_dump(bcdi_parameters, sort_keys=False), encoding="utf-8")
+        parser = config_parser(str(path), dict(command_line_args) if command_line_args else None)
+        return parser.load_arguments()
+
+
+# ------------------------------------------------------------------------------ the hook
+@contextlib.contextmanager
+def _stage_after_bcdi_save(process_scan_module: Any, on_saved: Callable[[Any, Path, Path], None]) -> Iterator[None]:
+    """While active, ``on_saved(analysis, data_path, mask_path)`` runs right after bcdi saves its pair."""
+    original = process_scan_module.create_analysis
+
+    def create_analysis(*args: Any, **kwargs: Any) -> Any:
+        analysis = original(*args, **kwargs)
+        bcdi_save_data, bcdi_save_mask = analysis.save_data, analysis.save_mask
+        saved: dict[str, str] = {}
+
+        def save_data(filename: str) -> None:
+            bcdi_save_data(filename)
+            saved["data"] = filename      # the last call is the PyNX data (save_rawdata saves earlier)
+
+        def save_mask(filename: str) -> None:
+            bcdi_save_mask(filename)
+            if "data" not in saved:
+                raise RuntimeError("bcdi saved a mask before its data: this bcdi version is not supported")
+            # numpy.savez_compressed adds .npz to a name without it
+            on_saved(analysis, _npz_path(saved["data"]), _npz_path(filename))
+
+        analysis.save_data, analysis.save_mask = save_data, save_mask
+        return analysis
+
+    process_scan_module.create_analysis = create_analysis
+    try:
+        yield
+    finally:
+        process_scan_module.create_analysis = original
+
+
+def _npz_path(filename: str) -> Path:
+    return Path(filename if filename.endswith(".npz") else filename + ".npz")
+
+
+def _fill_saved_scan(analysis: Any, data_path: Path, mask_path: Path, settings: dict[str, Any],
+                     provenance: dict[str, Any]) -> dict[str, Any]:
+    """The stage on bcdi's final arrays of one scan; writes and returns the output paths and record."""
+    paths = bcdi_stage.output_paths(data_path, mask_path, out_dir=settings["out_dir"], suffix=settings["suffix"])
+    if not settings["overwrite"]:
+        existing = [str(p) for p in paths.values() if os.path.lexists(p)]
+        if existing:
+            raise FileExistsError(f"outputs exist: {', '.join(existing)}; set gapfill.overwrite: true to replace them")
+    detector = analysis.setup.detector
+    detector_kwargs: dict[str, Any] = {}
+    if settings["gap_from"] == "detector":
+        current = getattr(detector, "current_binning", None) or detector.binning
+        detector_kwargs = {
+            "detector": settings["detector"] or detector,
+            "roi": settings["roi"] or [int(v) for v in detector.roi],
+            "binning": settings["binning"] or [1, int(current[1]), int(current[2])],
+        }
+    inpaint_kwargs = {key: settings[key] for key in ("batch_size", "device") if settings[key] is not None}
+    if settings["flips"]:
+        inpaint_kwargs["flips"] = True
+    # bcdi writes the mask as int (Analysis.save_mask): the stage gets it as saved.
+    data = np.asarray(analysis.data)
+    mask = np.asarray(analysis.mask).astype(int)
+    filled, new_mask, record = bcdi_stage.fill_bcdi_arrays(
+        data, mask, method=settings["method"], model=settings["weights"], stride=settings["stride"],
+        **detector_kwargs, **inpaint_kwargs)
+    record["stage"] = "bcdi-preprocess"
+    record["inputs"] = {"data": str(data_path.resolve()), "data_sha256": gio.file_sha256(data_path),
+                        "mask": str(mask_path.resolve()), "mask_sha256": gio.file_sha256(mask_path)}
+    record["bcdi"] = {**provenance, "scan": int(analysis.scan_nb), "detector": str(detector.name),
+                      "roi": [int(v) for v in detector.roi],
+                      "current_binning": [int(v) for v in (getattr(detector, "current_binning", None)
+                                                           or detector.binning)]}
+    record["gapfill_settings"] = dict(settings)
+    record["outputs"] = {role: str(path.resolve()) for role, path in paths.items()}
+    bcdi_stage.save_filled_pair(paths, filled, new_mask, record, overwrite=settings["overwrite"],
+                                protect=[data_path, mask_path])
+    return {"scan": int(analysis.scan_nb), "bcdi_data": data_path, "bcdi_mask": mask_path, **paths,
+            "gap_voxels_filled": int(record["gap_voxels_filled"])}
+
+
+# ---------------------------------------------------------------------------- entry point
+def run_bcdi_preprocessing(config: str | os.PathLike | Mapping[str, Any], *,
+                           command_line_args: Mapping[str, Any] | None = None,
+                           gapfill: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
+    """Run bcdi's preprocessing with the gap-filling stage after each scan's save.
+
+    Parameters
+    ----------
+    config : path or mapping
+        A bcdi preprocessing YAML file (``.yml``), or its parameters as a dict, with an
+        optional ``gapfill:`` section (see the module docstring for its keys).
+    command_line_args : mapping, optional
+        bcdi's command-line overrides (``bcdi.utils.parser.add_cli_parameters``), as
+        ``vars(parser.parse_args())``; None values are ignored, as in bcdi.
+    gapfill : mapping, optional
+        Settings that replace those of the ``gapfill:`` section, key by key.
+
+    Returns
+    -------
+    list of dict, one per scan, in bcdi's order
+        ``scan``; ``bcdi_data``, ``bcdi_mask`` (bcdi's pair, as bcdi wrote it); ``data``,
+        ``mask``, ``record`` (our gap-filled pair and its JSON record, Paths);
+        ``gap_voxels_filled``.
+
+    Raises
+    ------
+    ImportError
+        bcdi is not installed.
+    ValueError, TypeError, FileNotFoundError
+        Unreadable configuration, unknown or bad ``gapfill`` keys; bcdi's own errors on its
+        parameters and data pass through unchanged.
+    FileExistsError
+        One of our outputs exists and ``gapfill.overwrite`` is false (bcdi's pair of that scan
+        is written by then, as bcdi always does).
+    """
+    if isinstance(config, Mapping):
+        raw = dict(config)
+        source = "<dict>"
+    else:
+        raw = load_config(config)
+        source = str(Path(config).resolve())
+    if gapfill is not None:
+        if not isinstance(gapfill, Mapping):
+            raise TypeError(f"gapfill must be a mapping of settings, got {type(gapfill).__name__}")
+        section = raw.get("gapfill") or {}
+        if not isinstance(section, Mapping):
+            raise TypeError(f"the gapfill section must be a mapping of settings, got {type(section).__name__}: "
+                            f"{section!r}")
+        raw["gapfill"] = {**section, **gapfill}
+    bcdi_parameters, settings = split_config(raw)
+
+    config_parser, runner, process_scan_module, parameter_error = _import_bcdi()
+    import bcdi
+
+    try:
+        prm = _parse_with_bcdi(config_parser, bcdi_parameters, command_line_args)
+    except parameter_error as exc:      # not a ValueError in bcdi: made one, so callers catch one type
+        raise ValueError(f"bcdi rejected the configuration: {exc}") from exc
+    prm["multiprocessing"] = False            # see the module docstring
+    provenance = {"bcdi_version": getattr(bcdi, "__version__", "unknown"), "config": source}
+
+    results: list[dict[str, Any]] = []
+
+    def on_saved(analysis: Any, data_path: Path, mask_path: Path) -> None:
+        results.append(_fill_saved_scan(analysis, data_path, mask_path, settings, provenance))
+
+    # process_scan adds a log-file handler that it removes only on success; remove it on error
+    # too, so that a failed run leaves no open log file behind.
+    bcdi_logger = getattr(process_scan_module, "logger", logging.getLogger("bcdi.preprocessing.process_scan"))
+    handlers_before = list(bcdi_logger.handlers)
+    import matplotlib.pyplot as plt
+    was_interactive = plt.isinteractive()     # process_scan switches interactive mode on
+    try:
+        with _stage_after_bcdi_save(process_scan_module, on_saved):
+            runner.run(prm=prm)
+    except parameter_error as exc:
+        raise ValueError(f"bcdi rejected the configuration: {exc}") from exc
+    finally:
+        for handler in [h for h in bcdi_logger.handlers if h not in handlers_before]:
+            bcdi_logger.removeHandler(handler)
+            handler.close()
+        plt.interactive(was_interactive)
+    if len(results) != len(prm["scans"]):
+        raise RuntimeError(f"bcdi processed {len(prm['scans'])} scans but saved {len(results)} PyNX pairs: the "
+                           "stage could not be inserted (unsupported bcdi version?)")
+    return results
+
+
+# ------------------------------------------------------------------ a raw scan without a beamline
+#: Maxipix frame size (rows, columns) and its chip-gap cross (bcdi 0.3.1 ``Maxipix._mask_gaps``).
+MAXIPIX_SHAPE = (516, 516)
+
+
+def write_simulated_id01bliss_scan(path: str | os.PathLike, *, shape: tuple[int, int, int] = (32, 32, 32),
+                                   roi_origin: tuple[int, int] = (240, 236), seed: int = 0,
+                                   peak_counts: float = 1e5, sample_name: str = "S", scan: int = 1,
+                                   eta: tuple[float, float] = (10.0, 0.01), delta: float = 35.0, nu: float = 0.5,
+                                   overwrite: bool = False) -> Path:
+    """Write a simulated Maxipix rocking scan as ESRF ID01's BLISS HDF5 file, which bcdi reads.
+
+    A simulated Bragg peak (:func:`bcdi_gapfill.simulate.simulate_pattern`, Poisson counts) of
+    ``shape`` (frames, rows, columns) is placed on full 516 x 516 Maxipix frames with its first
+    pixel at ``roi_origin``; the default origin puts the chip-gap cross (rows and columns
+    255-260) across the peak. The file holds what bcdi 0.3.1's ``LoaderID01BLISS`` reads, for
+    beamline ``ID01BLISS``, detector ``Maxipix``, ``template_imagefile`` the file name and
+    ``rocking_angle: outofplane``: ``<sample_name>_<scan>.1/measurement/mpx1x4`` (frames, uint32),
+    ``.../measurement/{eta, imon}`` and ``.../instrument/positioners/{eta, phi, nu, delta, mu}``
+    (degrees; ``eta`` = start, step). Only for demonstrations and tests: real frames are not
+    this clean. Returns the path; an existing file is refused unless ``overwrite``.
+    """
+    import h5py
+
+    from bcdi_gapfill.simulate import simulate_pattern
+
+    path = Path(gio._as_path(path, "path"))
+    shape = tuple(int(n) for n in shape)
+    if len(shape) != 3 or min(shape) < 1:
+        raise ValueError(f"shape must be 3 positive integers (frames, rows, columns), got {shape}")
+    row0, col0 = (int(v) for v in roi_origin)
+    if row0 < 0 or col0 < 0 or row0 + shape[1] > MAXIPIX_SHAPE[0] or col0 + shape[2] > MAXIPIX_SHAPE[1]:
+        raise ValueError(f"a {shape[1]} x {shape[2]} region at roi_origin {roi_origin} does not fit on the "
+                         f"{MAXIPIX_SHAPE[0]} x {MAXIPIX_SHAPE[1]} Maxipix")
+    if not overwrite and os.path.lexists(path):
+        raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
+    counts = simulate_pattern(shape, seed, peak_counts=peak_counts).counts
+    frames = np.zeros((shape[0], *MAXIPIX_SHAPE), np.uint32)
+    frames[:, row0:row0 + shape[1], col0:col0 + shape[2]] = np.rint(counts).astype(np.uint32)
+    eta_values = eta[0] + eta[1] * np.arange(shape[0])
+    entry = f"{sample_name}_{scan}.1" if sample_name else f"{scan}.1"
+    buffer = pyio.BytesIO()
+    with h5py.File(buffer, "w") as h5:
+        group = h5.create_group(entry)
+        group.create_dataset("measurement/mpx1x4", data=frames, chunks=(1, *MAXIPIX_SHAPE), compression="gzip")
+        group.create_dataset("measurement/eta", data=eta_values)
+        group.create_dataset("measurement/imon", data=np.ones(shape[0]))
+        positioners = group.create_group("instrument/positioners")
+        positioners["eta"] = eta_values
+        for name, value in (("phi", 0.0), ("nu", nu), ("delta", delta), ("mu", 0.0)):
+            positioners[name] = float(value)
+    gio.atomic_write_bytes(path, buffer.getvalue(), overwrite=overwrite)
+    return path
+
+
+# ------------------------------------------------------------------------------------- CLI
+def _print_results(results: list[dict[str, Any]]) -> None:
+    for result in results:
+        print(f"S{result['scan']}: bcdi wrote {result['bcdi_data'].name}, {result['bcdi_mask'].name}; filled "
+              f"{result['gap_voxels_filled']} gap voxels -> {result['data'].name}, {result['mask'].name}, "
+              f"record {result['record'].name}")
+
+
+def add_bcdi_preprocess_parser(sub: Any) -> argparse.ArgumentParser:
+    """Add the ``bcdi-preprocess`` subcommand to ``bcdi-gapfill``'s subparsers (cli.py calls this)."""
+    p = sub.add_parser("bcdi-preprocess", help="run bcdi's preprocessing (bcdi YAML config) with the gap filled "
+                       "into a second PyNX pair")
+    p.add_argument("config", help="bcdi preprocessing YAML with an optional gapfill: section")
+    p.add_argument("--overwrite", action="store_true", help="replace our outputs of an earlier run "
+                   "(gapfill.overwrite)")
+    p.set_defaults(func=cmd_bcdi_preprocess)
+    return p
+
+
+def cmd_bcdi_preprocess(args: argparse.Namespace) -> int:
+    """Handler of ``bcdi-gapfill bcdi-preprocess``; returns the exit status."""
+    overrides = {"overwrite": True} if args.overwrite else None
+    _print_results(run_bcdi_preprocessing(args.config, gapfill=overrides))
+    return 0
+
+
+def main(argv: list[str] | None = None, *, prog: str | None = None,
+         default_config: str | os.PathLike | None = None) -> int:
+    """``workflows/bcdi_preprocess_gapfill.py``: bcdi's own command line, plus gap filling.
+
+    Takes bcdi's ``bcdi_preprocess_BCDI.py`` options (``--config_file`` and its overrides such
+    as ``--scans 11,12``, from ``bcdi.utils.parser.add_cli_parameters``) and ``--overwrite``;
+    ``--simulate`` first writes a simulated Maxipix scan where the configuration's
+    ``root_folder``/``template_imagefile`` point, for a run without beamline data. Returns
+    the exit status: 0, or 2 with a one-line message for a user error.
+    """
+    import sys
+
+    try:
+        from bcdi.utils.parser import add_cli_parameters
+        from bcdi.utils.snippets_logging import configure_logging
+    except ImportError as exc:
+        print(f"{prog or 'bcdi_preprocess_gapfill'}: error: this workflow needs bcdi 0.3.1, which cannot be "
+              f"imported ({exc}); install it with: {_BCDI_INSTALL}", file=sys.stderr)
+        return 2
+    parser = add_cli_parameters(argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0]))
+    parser.add_argument("--overwrite", action="store_true", help="replace our outputs of an earlier run")
+    parser.add_argument("--simulate", action="store_true", help="first write a simulated Maxipix scan (ID01 "
+                        "BLISS file) at root_folder/template_imagefile of the configuration, unless it exists")
+    cli_args = vars(parser.parse_args(argv))
+    overwrite, simulate = cli_args.pop("overwrite"), cli_args.pop("simulate")
+    config_file = cli_args.pop("config_file") or default_config
+    if config_file is None:
+        parser.error("pass --config_file CONFIG.yml")
+    configure_logging()
+    try:
+        if simulate:
+            config = load_config(config_file)
+            root = Path(str(cli_args.get("root_folder") or config["root_folder"]))
+            raw = root / str(config["template_imagefile"])
+            if not raw.exists():
+                root.mkdir(parents=True, exist_ok=True)
+                scan, sample = config["scans"], config.get("sample_name") or ""
+                scan = scan[0] if isinstance(scan, list) else scan
+                sample = sample[0] if isinstance(sample, list) else sample
+                write_simulated_id01bliss_scan(raw, sample_name=str(sample), scan=int(scan))
+                print(f"wrote a simulated scan to {raw}")
+        results = run_bcdi_preprocessing(config_file, command_line_args=cli_args,
+                                         gapfill={"overwrite": True} if overwrite else None)
+    except (ValueError, TypeError, OSError, ImportError, KeyError) as exc:
+        print(f"{parser.prog}: error: {exc}", file=sys.stderr)
+        return 2
+    _print_results(results)
+    return 0

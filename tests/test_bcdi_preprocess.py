@@ -1,0 +1,239 @@
+"""bcdi_gapfill.bcdi_preprocess: bcdi 0.3.1's own preprocessing with the gap-filling stage inserted.
+
+The end-to-end tests write a raw ID01 BLISS HDF5 scan (32 Maxipix frames of 516 x 516 with a
+simulated Bragg peak, the chip-gap cross across it), a bcdi YAML with a ``gapfill:`` section,
+and run the real bcdi: its loader reads the frames, its ``Detector`` masks the gaps, it saves
+its PyNX pair; the stage must write a second pair with the gap filled and nothing else changed.
+"""
+import hashlib
+import json
+import logging
+import sys
+
+import numpy as np
+import pytest
+import yaml
+
+from bcdi_gapfill import bcdi_preprocess as bp
+from bcdi_gapfill.geometry import detector_gap_mask
+
+SHAPE = (32, 32, 32)
+ROI = [240, 272, 236, 268]          # rows 255-260 and columns 255-260 of the Maxipix cross inside
+SEED = 5
+
+
+def _sha256(path):
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _config(root, **gapfill):
+    return {
+        "scans": 3, "root_folder": f"{root}/", "data_dir": f"{root}/", "save_dir": f"{root}/pynx/",
+        "sample_name": "S", "beamline": "ID01BLISS", "template_imagefile": "scan.h5", "detector": "Maxipix",
+        "rocking_angle": "outofplane", "roi_detector": ROI, "flag_interact": False, "backend": "Agg",
+        "multiprocessing": True, "use_rawdata": True, "phasing_binning": [1, 1, 1], "center_fft": "skip",
+        "normalize_flux": "skip", "energy": 9000, "detector_distance": 0.5, "outofplane_angle": 35.0,
+        "inplane_angle": 0.5, "gapfill": gapfill,
+    }
+
+
+# ------------------------------------------------------------------ configuration (no bcdi run)
+def test_split_config_strips_gapfill_and_fills_defaults():
+    config = {"scans": 1, "detector": "Maxipix", "gapfill": {"stride": 8, "device": "None"}}
+    bcdi_parameters, settings = bp.split_config(config)
+    assert bcdi_parameters == {"scans": 1, "detector": "Maxipix"}
+    assert "gapfill" in config                     # the caller's dict is untouched
+    assert settings == {**bp.GAPFILL_DEFAULTS, "stride": 8, "device": None}
+    assert bp.split_config({"scans": 1})[1] == bp.GAPFILL_DEFAULTS
+    assert bp.split_config({"scans": 1, "gapfill": None})[1] == bp.GAPFILL_DEFAULTS
+
+
+@pytest.mark.parametrize("config, error, match", [
+    ({"gapfill": {"strid": 8}}, ValueError, r"unknown gapfill keys: 'strid' \(did you mean 'stride'\?\)"),
+    ({"gap_fill": {"stride": 8}}, ValueError, "misspelt 'gapfill' section"),
+    ({"GapFill": {}}, ValueError, "misspelt 'gapfill' section"),
+    ({"gapfill": [1, 2]}, TypeError, "gapfill section must be a mapping"),
+    ({"gapfill": {"method": "magic"}}, ValueError, "gapfill.method must be one of"),
+    ({"gapfill": {"gap_from": "layout"}}, ValueError, "gapfill.gap_from must be 'mask' or 'detector'"),
+    ({"gapfill": {"stride": 0}}, ValueError, "gapfill.stride must be a positive integer"),
+    ({"gapfill": {"gap_from": "detector", "roi": [0, 1, 2]}}, ValueError, "gapfill.roi must be a list of 4"),
+    ({"gapfill": {"detector": "Maxipix"}}, ValueError, "set gapfill.gap_from: detector"),
+    ({"gapfill": {"flips": "yes"}}, ValueError, "gapfill.flips must be true or false"),
+    ({"gapfill": {"method": "biharmonic", "weights": "w.pt"}}, ValueError, "weights is for method 'model'"),
+    ({"gapfill": {"weights": "/nonexistent/w.pt"}}, FileNotFoundError, "no such weights file"),
+    ({"gapfill": {"suffix": "a/b"}}, ValueError, "gapfill.suffix must be"),
+    ({"save_to_npz": False}, ValueError, "save_to_npz is false"),
+    ({"detector_on_goniometer": False}, ValueError, "forward-CDI"),
+])
+def test_split_config_refuses_bad_settings(config, error, match):
+    with pytest.raises(error, match=match):
+        bp.split_config({"scans": 1, **config})
+
+
+def test_load_config_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no such configuration file"):
+        bp.load_config(tmp_path / "missing.yml")
+    bad = tmp_path / "bad.yml"
+    bad.write_text("scans: [1, 2\ngapfill: {")
+    with pytest.raises(ValueError, match="cannot read .*bad.yml as YAML"):
+        bp.load_config(bad)
+    listing = tmp_path / "list.yml"
+    listing.write_text("- 1\n- 2\n")
+    with pytest.raises(ValueError, match="YAML mapping of parameters, got list"):
+        bp.load_config(listing)
+    other = tmp_path / "config.json"
+    other.write_text("{}")
+    with pytest.raises(ValueError, match="got suffix '.json'"):
+        bp.load_config(other)
+
+
+def test_missing_bcdi_gives_install_message(monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "bcdi.preprocessing.preprocessing_runner", None)
+    with pytest.raises(ImportError, match=r"needs bcdi 0\.3\.1.*pip install --no-deps"):
+        bp.run_bcdi_preprocessing(_config(tmp_path))
+
+
+def test_bcdi_parses_the_shipped_config_without_gapfill(monkeypatch, tmp_path):
+    """The shipped YAML passes bcdi's own ConfigParser once gapfill: is split off."""
+    pytest.importorskip("bcdi.utils.parser", reason="bcdi is not installed")
+    from pathlib import Path
+    shipped = Path(__file__).parents[1] / "workflows" / "bcdi_preprocess_gapfill.yml"
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "bcdi_gapfill_scan").mkdir()      # bcdi checks that root_folder exists
+    bcdi_parameters, settings = bp.split_config(bp.load_config(shipped))
+    config_parser, _, _, parameter_error = bp._import_bcdi()
+    args = bp._parse_with_bcdi(config_parser, bcdi_parameters, {"scans": [1]})
+    assert "gapfill" not in args and args["detector"] == "Maxipix" and args["beamline"] == "ID01BLISS"
+    assert settings["method"] == "model" and settings["gap_from"] == "mask"
+    # bcdi's own rejection of a value comes back as a ValueError naming it
+    with pytest.raises(ValueError, match="bcdi rejected the configuration.*normalize_flux"):
+        bp.run_bcdi_preprocessing({**bcdi_parameters, "normalize_flux": "sometimes"})
+
+
+def test_simulated_scan_writer_refuses_bad_input(tmp_path):
+    with pytest.raises(ValueError, match="does not fit on the 516 x 516 Maxipix"):
+        bp.write_simulated_id01bliss_scan(tmp_path / "s.h5", roi_origin=(500, 0))
+    existing = tmp_path / "e.h5"
+    existing.write_bytes(b"x")
+    with pytest.raises(FileExistsError, match="exists"):
+        bp.write_simulated_id01bliss_scan(existing)
+    assert existing.read_bytes() == b"x"
+
+
+# ----------------------------------------------------------------------- the real bcdi run
+@pytest.fixture(scope="module")
+def bcdi_run(tmp_path_factory):
+    pytest.importorskip("bcdi.preprocessing.preprocessing_runner", reason="bcdi is not installed")
+    import matplotlib
+    matplotlib.use("Agg")
+    root = tmp_path_factory.mktemp("bcdi_raw")
+    raw = bp.write_simulated_id01bliss_scan(root / "scan.h5", shape=SHAPE, roi_origin=(ROI[0], ROI[2]),
+                                            seed=SEED, peak_counts=1e5, sample_name="S", scan=3)
+    raw_hash = _sha256(raw)
+    config_path = root / "scan3.yml"
+    config_path.write_text(yaml.safe_dump(_config(root, method="model", stride=16)))
+    results = bp.run_bcdi_preprocessing(config_path)
+    return root, raw, raw_hash, config_path, results
+
+
+def test_bcdi_run_writes_bcdi_pair_and_gapfilled_pair(bcdi_run):
+    from bcdi_gapfill.simulate import simulate_pattern
+    root, raw, raw_hash, config_path, results = bcdi_run
+    assert len(results) == 1 and results[0]["scan"] == 3
+    result = results[0]
+    # bcdi's own pair, in bcdi's save_dir, as bcdi names it
+    assert result["bcdi_data"].parent == root / "pynx"
+    assert result["bcdi_data"].name.startswith("S3_pynx") and result["bcdi_mask"].name.startswith("S3_maskpynx")
+    bcdi_data = np.load(result["bcdi_data"])["data"]
+    bcdi_mask = np.load(result["bcdi_mask"])["mask"]
+    assert bcdi_data.shape == SHAPE
+    # bcdi masked the Maxipix cross in every frame and zeroed it; elsewhere it kept the counts
+    gap = detector_gap_mask("Maxipix", SHAPE[0], roi=ROI)
+    assert gap.sum() == SHAPE[0] * (2 * 6 * 32 - 36)
+    assert np.all(bcdi_mask[gap] == 1) and np.all(bcdi_data[gap] == 0)
+    truth = np.rint(simulate_pattern(SHAPE, SEED, peak_counts=1e5).counts)
+    measured = bcdi_mask == 0
+    assert np.array_equal(bcdi_data[measured], truth[measured])
+
+    # ours: next to bcdi's, gap filled, everything else bit-identical
+    assert result["data"] == result["bcdi_data"].with_name(result["bcdi_data"].stem + "_gapfilled.npz")
+    with np.load(result["data"]) as npz:
+        assert npz.files == ["data"]
+        filled = npz["data"]
+    with np.load(result["mask"]) as npz:
+        assert npz.files == ["mask"]
+        new_mask = npz["mask"]
+    assert filled.dtype == bcdi_data.dtype and new_mask.dtype == bcdi_mask.dtype
+    assert np.all(np.isfinite(filled[gap])) and np.all(filled[gap] >= 0) and filled[gap].sum() > 0
+    assert np.array_equal(filled[~gap], bcdi_data[~gap])
+    assert np.all(new_mask[gap] == 0) and np.array_equal(new_mask[~gap], bcdi_mask[~gap])
+    # nearer the truth than bcdi's zeros (the peak runs into the gap)
+    err_fill = np.abs(np.log1p(filled[gap]) - np.log1p(truth[gap])).mean()
+    err_zero = np.abs(np.log1p(truth[gap])).mean()
+    assert err_fill < 0.5 * err_zero, (err_fill, err_zero)
+
+    record = json.loads(result["record"].read_text())
+    assert record["gap_voxels_filled"] == result["gap_voxels_filled"] == int(gap.sum())
+    assert record["stage"] == "bcdi-preprocess" and record["gap_source"] == "mask"
+    assert record["bcdi"]["bcdi_version"] == "0.3.1" and record["bcdi"]["roi"] == ROI
+    assert record["bcdi"]["config"] == str(config_path.resolve())
+    assert record["inputs"]["data_sha256"] == _sha256(result["bcdi_data"])
+    assert record["inputs"]["mask_sha256"] == _sha256(result["bcdi_mask"])
+    assert len(record["weights_sha256"]) == 64 and record["gapfill_settings"]["stride"] == 16
+    # the raw detector file was only read
+    assert _sha256(raw) == raw_hash
+
+
+def test_bcdi_run_restores_bcdi_and_logging(bcdi_run):
+    from bcdi.preprocessing import process_scan as ps
+    from bcdi.preprocessing.analysis import create_analysis
+    assert ps.create_analysis is create_analysis
+    assert not any(isinstance(h, logging.FileHandler) for h in ps.logger.handlers)
+
+
+@pytest.mark.slow
+def test_rerun_detector_gap_refusal_and_commands(bcdi_run, capsys):
+    """Second runs: gap from bcdi's detector object, refusal of existing outputs, CLI and script."""
+    import subprocess
+    from pathlib import Path
+
+    from bcdi_gapfill import cli
+    root, raw, raw_hash, config_path, results = bcdi_run
+    first = results[0]
+    ours_before = _sha256(first["data"])
+
+    # gap from the Detector bcdi built (its ROI and binning), another suffix: same gap voxels
+    det = bp.run_bcdi_preprocessing(config_path, gapfill={"gap_from": "detector", "method": "biharmonic",
+                                                          "suffix": "_det", "stride": None})[0]
+    record = json.loads(det["record"].read_text())
+    assert record["gap_source"] == "detector" and record["detector"] == "Maxipix" and record["roi"] == ROI
+    assert record["gap_voxels_filled"] == first["gap_voxels_filled"]
+
+    # our earlier outputs exist: refused, and left as they were
+    with pytest.raises(FileExistsError, match="set gapfill.overwrite: true"):
+        bp.run_bcdi_preprocessing(config_path)
+    assert _sha256(first["data"]) == ours_before
+
+    # the bcdi-gapfill subcommand: the same refusal as a one-line error, then --overwrite
+    assert cli.main(["bcdi-preprocess", str(config_path)]) == 2
+    assert "bcdi-gapfill bcdi-preprocess: error: outputs exist" in capsys.readouterr().err
+    assert cli.main(["bcdi-preprocess", str(config_path), "--overwrite"]) == 0
+    assert "filled 11136 gap voxels" in capsys.readouterr().out
+
+    # the workflow script, with bcdi's own command-line override of the scan number
+    script = Path(__file__).parents[1] / "workflows" / "bcdi_preprocess_gapfill.py"
+    done = subprocess.run([sys.executable, str(script), "--config_file", str(config_path), "--overwrite",
+                           "--scans", "3"], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "S3: bcdi wrote S3_pynx" in done.stdout
+    assert _sha256(raw) == raw_hash
+
+
+def test_command_reports_config_errors_in_one_line(tmp_path, capsys):
+    from bcdi_gapfill import cli
+    assert cli.main(["bcdi-preprocess", str(tmp_path / "missing.yml")]) == 2
+    assert "bcdi-gapfill bcdi-preprocess: error: no such configuration file" in capsys.readouterr().err
+    config = tmp_path / "scan.yml"
+    config.write_text(yaml.safe_dump({"scans": 1, "gapfill": {"batchsize": 4}}))
+    assert cli.main(["bcdi-preprocess", str(config)]) == 2
+    assert "did you mean 'batch_size'?" in capsys.readouterr().err
