@@ -94,7 +94,8 @@ def _cmd_inpaint(args: argparse.Namespace) -> int:
     run_info: dict = {}
     result = inpaint(data, gap, method=args.method, model=args.weights, stride=args.stride,
                      device=args.device, batch_size=args.batch_size, flips=args.flips,
-                     return_uncertainty=args.uncertainty, progress=True, run_info=run_info)
+                     return_uncertainty=args.uncertainty, progress=True, run_info=run_info,
+                     **({"prefill": args.prefill} if args.method == "model" else {}))
     filled, uncertainty = result if args.uncertainty else (result, None)
     new_mask = (np.zeros(data.shape, np.int8) if mask is None else (np.asarray(mask) != 0).astype(np.int8))
     new_mask[gap] = 0  # gap voxels are now data, no longer masked
@@ -191,6 +192,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=None,
                    help="windows per forward pass (default 16 on CPU, 128 on GPU; halved on out-of-memory)")
     p.add_argument("--flips", action="store_true", help="test-time flips of the detector axes")
+    p.add_argument("--prefill", choices=("global", "window"), default="global",
+                   help="what the model corrects: the whole array's log-biharmonic fill (default) or "
+                        "each window's own")
     p.add_argument("--uncertainty", action="store_true", help="also write the per-voxel uncertainty")
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=_cmd_inpaint)

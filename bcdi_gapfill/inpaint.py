@@ -15,6 +15,20 @@ hold only the gap voxels (a flat vector, not the gap's bounding box), and the me
 needs is estimated first (`estimate_memory`): a job that cannot fit raises MemoryError
 before allocating, a batch that cannot fit is made smaller.
 
+Context beyond the window
+-------------------------
+The default network corrects a biharmonic fill of the gap in the log domain (its
+"prefill"). Trained on single 32^3 portions, it computes that fill inside each window,
+where a wide gap has only ~10 measured voxels on each side. With ``prefill="global"``
+(default) the fill is the log-domain biharmonic fill of the whole array
+(`bcdi_gapfill.classical.fill_gap`, one sparse solve over every gap voxel, seconds for a
+128^3 cross gap), cropped to each window and normalised as the window is: the network
+then corrects a fill that saw the whole pattern. On whole 128^3 arrays this lifted the
+9-12 pixel gaps from below the log-biharmonic fill to above it, and changed the 3-6 pixel
+gaps by less than 0.01 of headroom (docs/benchmarks.md). ``prefill="window"`` is the
+per-window prefill the network was trained with. Models without a biharmonic prefill
+(the paper's architecture) always see the window alone.
+
 Speed
 -----
 Windows sharing a gap mask (all the windows sliding along a straight band, away from
@@ -535,27 +549,36 @@ _FLIP_VIEWS = ((3,), (4,), (3, 4))
 
 
 def _predict_windows(model, batch_counts: np.ndarray, batch_gap: np.ndarray, device: str,
-                     flips: bool, prefill=None, autocast_dtype=None) -> np.ndarray:
-    """log1p(counts) predicted for a batch of windows, (B, n_views, D, H, W)."""
+                     flips: bool, prefill=None, autocast_dtype=None, global_base: bool = False) -> np.ndarray:
+    """log1p(counts) predicted for a batch of windows, (B, n_views, D, H, W).
+
+    With ``global_base`` the gap voxels of ``batch_counts`` hold the whole array's fill, used
+    (normalised like the window) as the network's base in place of its own prefill.
+    """
     import torch
     from bcdi_gapfill.dataset import log_normalise
 
     counts_t = torch.from_numpy(batch_counts).to(device)
     gap_t = torch.from_numpy(batch_gap).to(device)
     log_norm, scale = log_normalise(counts_t, gap_t)
+    base = None
+    if global_base:
+        base = torch.where(gap_t, torch.log1p(counts_t) / scale[:, None, None, None], log_norm)[:, None]
     views = [()] + (list(_FLIP_VIEWS) if flips else [])
     outputs = []
     for dims in views:
         x = torch.stack([log_norm, gap_t.float()], dim=1)[:, : model.config.in_channels]
         g = gap_t[:, None]
+        b = base
         if dims:
             x, g = x.flip(dims), g.flip(dims)
+            b = None if base is None else base.flip(dims)
         x = x.contiguous(memory_format=torch.channels_last_3d)
         if autocast_dtype is not None:
             with torch.autocast(device_type="cuda", dtype=autocast_dtype):
-                y = _forward(model, x, g, prefill)
+                y = model(x, g, base=b) if b is not None else _forward(model, x, g, prefill)
         else:
-            y = _forward(model, x, g, prefill)
+            y = model(x, g, base=b) if b is not None else _forward(model, x, g, prefill)
         if dims:
             y = y.flip(dims)
         outputs.append(y[:, 0].float() * scale[:, None, None, None])
@@ -582,13 +605,23 @@ def _available_memory() -> int | None:
 _BYTES_PER_WINDOW = 16 * 2**20
 
 
+# Host bytes of the whole-array log-biharmonic fill of ``prefill="global"``: float64 working
+# copies of the array (measured numpy peak of `classical.fill_gap`: 61 B per voxel on a
+# 256x300x300 Eiger2M-gap array) and its sparse solve (at most ~900 B per gap voxel measured,
+# on the wide Eiger2M ROI), rounded up. Freed before the first batch runs.
+_GLOBAL_FILL_BYTES_PER_VOXEL = 64
+_GLOBAL_FILL_BYTES_PER_GAP_VOXEL = 1024
+
+
 def estimate_memory(shape: tuple[int, ...], n_gap: int, *, batch_size: int = 16, flips: bool = False,
-                    return_uncertainty: bool = False) -> dict[str, int]:
+                    return_uncertainty: bool = False, prefill: str = "global") -> dict[str, int]:
     """Host memory (bytes) that ``inpaint(..., method="model")`` needs beyond its inputs.
 
     ``arrays``: the float32 result (and uncertainty), the planner's boolean maps and the
     accumulators, which cover only the ``n_gap`` gap voxels; ``batch``: one batch of windows
-    in the network; ``total``: both.
+    in the network; ``prefill``: the whole array's biharmonic fill of ``prefill="global"``
+    (0 for ``"window"``), computed and freed before the first batch; ``total``: the arrays
+    plus the larger of the two.
     """
     n_vox = int(np.prod(shape))
     acc = 8 if return_uncertainty else 4
@@ -597,7 +630,9 @@ def estimate_memory(shape: tuple[int, ...], n_gap: int, *, batch_size: int = 16,
               + 8 * n_gap                                    # flat indices of the gap voxels
               + acc * (3 if return_uncertainty else 2) * n_gap)
     batch = batch_size * (4 if flips else 1) * _BYTES_PER_WINDOW + _PLAN_CACHE * 16 * 2**20
-    return {"arrays": arrays, "batch": batch, "total": arrays + batch}
+    fill = (_GLOBAL_FILL_BYTES_PER_VOXEL * n_vox + _GLOBAL_FILL_BYTES_PER_GAP_VOXEL * n_gap
+            if prefill == "global" else 0)
+    return {"arrays": arrays, "batch": batch, "prefill": fill, "total": arrays + max(batch, fill)}
 
 
 def _fmt_bytes(n: float) -> str:
@@ -608,13 +643,19 @@ class InsufficientMemoryError(MemoryError, ValueError):
     """A job that would not fit in memory, refused before allocating (a MemoryError and a ValueError)."""
 
 
-def _check_memory(shape, n_gap, batch_size, flips, return_uncertainty, limit, dev) -> int:
+def _check_memory(shape, n_gap, batch_size, flips, return_uncertainty, limit, dev, prefill="global") -> int:
     """Refuse a job whose arrays do not fit; shrink the batch when only the batch does not."""
     avail = limit if limit is not None else _available_memory()
     if avail is None:
         return batch_size
     est = estimate_memory(shape, n_gap, batch_size=batch_size, flips=flips,
-                          return_uncertainty=return_uncertainty)
+                          return_uncertainty=return_uncertainty, prefill=prefill)
+    if est["arrays"] + est["prefill"] > avail:
+        raise InsufficientMemoryError(
+            f"inpainting a {'x'.join(map(str, shape))} array with {n_gap} gap voxels needs about "
+            f"{_fmt_bytes(est['arrays'])} for its arrays and {_fmt_bytes(est['prefill'])} for the whole "
+            f"array's biharmonic fill, but only {_fmt_bytes(avail)} is available: free memory, pass "
+            "prefill='window' (--prefill window), or inpaint overlapping crops of the array one at a time")
     smallest = estimate_memory(shape, n_gap, batch_size=1, flips=flips)["batch"]
     if est["arrays"] + smallest > avail:
         raise InsufficientMemoryError(
@@ -639,7 +680,7 @@ def inpaint(data: np.ndarray, gap_mask: np.ndarray, *, method: str = "model", mo
             progress: bool = False, num_threads: int | None = None, precision: str = "float32",
             memory_limit: int | None = None,
             run_info: dict | None = None,
-            finetune: bool | dict = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+            finetune: bool | dict = False, prefill: str = "global") -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """Fill the detector-gap voxels of a 3D diffraction pattern.
 
     Parameters
@@ -696,6 +737,11 @@ def inpaint(data: np.ndarray, gap_mask: np.ndarray, *, method: str = "model", mo
         that function's options (e.g. ``{"steps": 50}``). When fine-tuning does not raise the
         held-out PCC, the original model is used (with a RuntimeWarning). Nothing is written:
         to keep the tuned weights, call `finetune` and `save_finetuned`.
+    prefill : {"global", "window"}
+        What the network corrects, for models with a biharmonic prefill (the default
+        model): ``"global"`` (default) the log-domain biharmonic fill of the whole array
+        cropped to each window, ``"window"`` the fill computed inside each window alone (as
+        in training). See "Context beyond the window" in the module docstring.
 
     Returns
     -------
@@ -724,12 +770,15 @@ def inpaint(data: np.ndarray, gap_mask: np.ndarray, *, method: str = "model", mo
         dev = _device(device)
         if precision != "float32" and not dev.startswith("cuda"):
             raise ValueError(f"precision={precision!r} is only available on CUDA devices (got device {dev!r})")
+        if prefill not in ("global", "window"):
+            raise ValueError(f"unknown prefill {prefill!r}; choose 'global' or 'window'")
         n_gap = int(np.count_nonzero(gap))
         if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer))
                                        or batch_size < 1):
             raise ValueError(f"batch_size must be an integer >= 1 or None, got {batch_size!r}")
         batch_size = batch_size or (128 if dev.startswith("cuda") else 16)
-        batch_size = _check_memory(data.shape, n_gap, batch_size, flips, return_uncertainty, memory_limit, dev)
+        batch_size = _check_memory(data.shape, n_gap, batch_size, flips, return_uncertainty, memory_limit, dev,
+                                   prefill)
         if run_info is not None:
             run_info.update(device=dev, batch_size=int(batch_size))
     filled = np.array(data, dtype=np.float32, order="C")  # a C-ordered copy (flat indexing below)
@@ -750,7 +799,7 @@ def inpaint(data: np.ndarray, gap_mask: np.ndarray, *, method: str = "model", mo
     try:
         return _inpaint_model(filled, gap, model=model, dev=dev, stride=stride, batch_size=batch_size,
                               blend=blend, flips=flips, return_uncertainty=return_uncertainty,
-                              progress=progress, precision=precision, run_info=run_info)
+                              progress=progress, precision=precision, run_info=run_info, prefill_mode=prefill)
     finally:
         torch.set_num_threads(threads_before)
 
@@ -774,7 +823,7 @@ def _release_memory(dev: str) -> None:
 
 def _inpaint_model(filled: np.ndarray, gap: np.ndarray, *, model, dev: str, stride, batch_size: int,
                    blend: str, flips: bool, return_uncertainty: bool, progress: bool,
-                   precision: str, run_info: dict | None = None):
+                   precision: str, run_info: dict | None = None, prefill_mode: str = "global"):
     import torch
     from tqdm import tqdm
 
@@ -790,7 +839,15 @@ def _inpaint_model(filled: np.ndarray, gap: np.ndarray, *, model, dev: str, stri
     max_width = info.get("max_gap_width", window - 8)
     origins = plan_windows(gap, window, stride, max_band_width=max_width)
     taper = _taper(window, blend).ravel()
-    prefill = _FastPrefill(net) if (_FastPrefill.applies(net) and dev == "cpu") else None
+    global_base = prefill_mode == "global" and net.config.prefill == "biharmonic"
+    if global_base:
+        from bcdi_gapfill.classical import fill_gap
+        # The windows read their base from the gap voxels of ``filled`` (overwritten by the
+        # network's prediction at the end).
+        filled[gap] = fill_gap(filled, gap, method="biharmonic", log=True)[gap]
+        prefill = None
+    else:
+        prefill = _FastPrefill(net) if (_FastPrefill.applies(net) and dev == "cpu") else None
     autocast = {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(precision)
 
     # Windows sharing a gap mask (all the windows of a straight gap band away from crossings)
@@ -832,7 +889,7 @@ def _inpaint_model(filled: np.ndarray, gap: np.ndarray, *, model, dev: str, stri
             batch_counts = np.stack([filled[s] for s in sl]).astype(np.float32)
             batch_gap = np.stack([gap[s] for s in sl])
             try:
-                pred = _predict_windows(net, batch_counts, batch_gap, dev, flips, prefill, autocast)
+                pred = _predict_windows(net, batch_counts, batch_gap, dev, flips, prefill, autocast, global_base)
             except RuntimeError as exc:  # torch.OutOfMemoryError is a RuntimeError
                 if not _is_out_of_memory(exc):
                     raise
@@ -872,7 +929,7 @@ def _inpaint_model(filled: np.ndarray, gap: np.ndarray, *, model, dev: str, stri
             bar.update(len(chunk))
     if run_info is not None:
         run_info.update(batch_size=int(batch_size), n_windows=len(origins), stride=stride,
-                        max_gap_width=max_width)
+                        max_gap_width=max_width, prefill="global" if global_base else "window")
     mean_log = sum_x / sum_w
     out = filled.reshape(-1)  # a view: filled is a fresh C-contiguous array
     with np.errstate(over="ignore"):  # clipped to the float32 range: gap voxels stay finite

@@ -259,7 +259,12 @@ class PatchUNet(nn.Module):
             return torch.sigmoid(self.config.sigmoid_slope * out)
         bound = self.config.residual_bound
         out = base + (bound * torch.tanh(out / bound) if bound else out)
-        return out if self.training else out.clamp(0.0, 1.0)
+        if self.training:
+            return out
+        # At most the window's measured maximum (1), or the base where the base is brighter:
+        # a base computed over the whole array may rise above the window's maximum where the
+        # gap hides the Bragg peak, and a cap at 1 would flatten the peak.
+        return torch.minimum(out.clamp_min(0.0), base.clamp_min(1.0))
 
 
 def compute_prefill(log_norm: torch.Tensor, gap: torch.Tensor, config: UNetConfig) -> torch.Tensor:

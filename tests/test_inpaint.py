@@ -91,6 +91,25 @@ def test_uncertainty_zero_where_a_single_prediction_covers():
     assert np.all(unc == 0)
 
 
+def test_global_prefill_is_the_whole_arrays_biharmonic_fill_when_the_correction_is_zero(small_pattern):
+    """He init zeroes the residual head: the network returns its base, so in the gap the
+    result is the log-biharmonic fill of the whole array (global) or of each window."""
+    from bcdi_gapfill.classical import fill_gap
+    model = build_model(SMALL).eval()
+    data = small_pattern.counts
+    gap = synthetic_gap_mask(data.shape, "cross", 9)
+    info: dict = {}
+    filled = inpaint(data, gap, model=model, run_info=info)
+    assert info["prefill"] == "global"
+    expected = fill_gap(data, gap, method="biharmonic", log=True)
+    np.testing.assert_allclose(np.log1p(filled[gap]), np.log1p(expected[gap]), atol=1e-4)
+    windowed = inpaint(data, gap, model=model, prefill="window", run_info=info)
+    assert info["prefill"] == "window"
+    assert np.abs(np.log1p(windowed[gap]) - np.log1p(expected[gap])).max() > 1e-2
+    with pytest.raises(ValueError, match="unknown prefill 'local'"):
+        inpaint(data, gap, model=model, prefill="local")
+
+
 def test_hann_and_mean_blending_agree_with_a_single_window(small_model):
     data = np.random.default_rng(2).poisson(20, (32, 32, 32)).astype(np.float32)
     gap = synthetic_gap_mask(data.shape, "vertical", 6)
@@ -99,13 +118,20 @@ def test_hann_and_mean_blending_agree_with_a_single_window(small_model):
     np.testing.assert_allclose(a, b, rtol=1e-5)
 
 
-def test_fast_path_matches_plain_per_window_path(small_model, small_pattern):
-    """Batched, blended inference equals a plain loop over the same windows, one at a time."""
+@pytest.mark.parametrize("prefill", ["window", "global"])
+def test_fast_path_matches_plain_per_window_path(small_model, small_pattern, prefill):
+    """Batched, blended inference equals a plain loop over the same windows, one at a time.
+
+    ``prefill="global"``: each window's base is the whole array's log-biharmonic fill,
+    normalised as the window is; ``"window"``: the model computes its own prefill.
+    """
+    from bcdi_gapfill.classical import fill_gap
     from bcdi_gapfill.dataset import log_normalise
     from bcdi_gapfill.inpaint import _taper
     data = small_pattern.counts
     gap = synthetic_gap_mask(data.shape, "cross", 6)
-    fast = inpaint(data, gap, model=small_model, stride=16, batch_size=7)
+    fast = inpaint(data, gap, model=small_model, stride=16, batch_size=7, prefill=prefill)
+    global_fill = fill_gap(data, gap, method="biharmonic", log=True)
     num = np.zeros(data.shape, np.float64)
     den = np.zeros(data.shape, np.float64)
     taper = _taper(32, "hann")
@@ -115,7 +141,11 @@ def test_fast_path_matches_plain_per_window_path(small_model, small_pattern):
             counts = torch.from_numpy(data[sl].copy())[None]
             g = torch.from_numpy(gap[sl].copy())[None]
             log_norm, scale = log_normalise(counts, g)
-            out = small_model(torch.stack([log_norm, g.float()], 1), g[:, None])[0, 0] * scale[0]
+            base = None
+            if prefill == "global":
+                fill = torch.from_numpy(np.log1p(global_fill[sl]))[None] / scale
+                base = torch.where(g, fill, log_norm)[:, None]
+            out = small_model(torch.stack([log_norm, g.float()], 1), g[:, None], base=base)[0, 0] * scale[0]
             num[sl] += taper * out.numpy()
             den[sl] += taper
     plain = data.astype(np.float32).copy()

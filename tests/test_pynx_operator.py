@@ -10,6 +10,7 @@ import textwrap
 
 import numpy as np
 import pytest
+import torch
 
 from bcdi_gapfill.geometry import synthetic_gap_mask
 from bcdi_gapfill.inpaint import inpaint
@@ -207,6 +208,10 @@ def test_uncertainty_threshold_leaves_uncertain_voxels_masked(scene):
     from bcdi_gapfill.pynx import InpaintGaps
     counts, gap, other = scene
     model = build_model({"filters": [4, 8, 8, 8], "final_filters": [4, 4, 4], "prefill_iterations": 20}).eval()
+    # He init zeroes the residual head, so every window would return the same whole-array
+    # fill (no spread); a random head makes the windows disagree, as a trained model does.
+    torch.manual_seed(0)
+    torch.nn.init.normal_(model.head.weight, std=0.1)
     cdi, iobs = _make_cdi(scene, free=False)
     _, unc = inpaint(iobs, gap, model=model, stride=16, return_uncertainty=True)
     threshold = float(np.median(unc[gap]))

@@ -670,6 +670,23 @@ def test_estimate_memory_grows_with_the_job():
     plain = estimate_memory((64,) * 3, 10)
     assert estimate_memory((64,) * 3, 10, return_uncertainty=True)["arrays"] > plain["arrays"]
     assert estimate_memory((64,) * 3, 10, flips=True)["batch"] > plain["batch"]
+    # The whole array's fill (prefill="global") is freed before the batches: the larger counts.
+    huge = estimate_memory((512,) * 3, 3 * 10 ** 6)
+    assert huge["prefill"] > huge["batch"] and huge["total"] == huge["arrays"] + huge["prefill"]
+    assert estimate_memory((512,) * 3, 3 * 10 ** 6, prefill="window")["prefill"] == 0
+
+
+def test_memory_check_names_the_global_fill(monkeypatch):
+    import bcdi_gapfill.inpaint as inp
+
+    data, gap = _band_scene()
+
+    def no_allocation(*args, **kwargs):
+        raise AssertionError("the model ran although the job does not fit")
+
+    monkeypatch.setattr(inp, "_inpaint_model", no_allocation)
+    with pytest.raises(MemoryError, match="whole array's biharmonic fill.*prefill='window'"):
+        inpaint(data, gap, model="absent.pt", device="cpu", memory_limit=2 ** 20)
 
 
 def test_memory_check_refuses_before_allocating(monkeypatch, tmp_path):
