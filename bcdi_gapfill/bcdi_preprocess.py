@@ -14,7 +14,12 @@
    and the ``Detector`` bcdi built, fills the gap with
    :func:`bcdi_gapfill.bcdi_stage.fill_bcdi_arrays`, and writes
    ``S<scan>_pynx<comment>_gapfilled.npz``, ``S<scan>_maskpynx<comment>_gapfilled.npz`` and the
-   JSON record ``S<scan>_pynx<comment>_gapfilled.json`` next to bcdi's pair.
+   JSON record ``S<scan>_pynx<comment>_gapfilled.json`` next to bcdi's pair;
+4. with a ``report:`` section, once bcdi is done, runs for each scan the scan workflow of
+   :func:`bcdi_gapfill.pipeline.run_workflow` on bcdi's pair and the filled pair of step 3
+   (passed as ``filled_pair``, so the gap is not filled twice): phase retrieval of the filled
+   data and of the ``free_pixels`` and ``zero_fill`` baselines with the same starts, then
+   ``report.json`` and ``report.html``. One command thus goes from raw frames to a report.
 
 bcdi's outputs are kept as bcdi wrote them; ours are written atomically with
 :func:`bcdi_gapfill.bcdi_stage.save_filled_pair`; the raw detector files are only read (by
@@ -68,6 +73,23 @@ The ``gapfill:`` section (every key optional)
     before the fill). bcdi overwrites its own outputs as it always does.
 
 A value ``None`` (the string, as bcdi's YAML files write it) reads as null, as in bcdi.
+
+The ``report:`` section (optional; present, even empty, means run it)
+----------------------------------------------------------------------
+``algorithm``, ``n_starts``, ``seed``, ``n_average``, ``support_threshold``, ``device``, ``backend``, ``baselines``
+    The ``phasing:`` settings of the scan workflows (``workflows/id01_maxipix.yml``,
+    :data:`bcdi_gapfill.pipeline.DEFAULT_CONFIG`), with the same defaults and checks.
+``out_dir``
+    Directory of a scan's reconstructions and report (created when missing); ``{scan}`` in
+    it is replaced by the scan number, and is required when bcdi runs several scans.
+    Default: ``<directory of bcdi's pair>/gapfill_report_S{scan}``.
+
+The pipeline gets bcdi's pair as ``data``/``mask``, the ``gapfill:`` settings it knows
+(``method``, ``weights``, ``stride``, ``device``, ``flips``, ``batch_size``, and the layout
+from the record with ``gap_from: detector``) and the filled pair with its record.
+``gapfill.overwrite`` also lets a run replace the report outputs of an earlier run; without
+it an existing report output stops the run when bcdi has saved that scan's pair, before the
+fill. The report's ``fill_time_s`` is the fill time measured at bcdi's save.
 """
 from __future__ import annotations
 
@@ -75,9 +97,11 @@ import argparse
 import contextlib
 import difflib
 import io as pyio
+import json
 import logging
 import os
 import tempfile
+import time
 from numbers import Integral
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
@@ -86,9 +110,11 @@ import numpy as np
 
 from bcdi_gapfill import bcdi_stage
 from bcdi_gapfill import io as gio
+from bcdi_gapfill import pipeline
 
-__all__ = ["GAPFILL_DEFAULTS", "load_config", "split_config", "check_gapfill_settings", "run_bcdi_preprocessing",
-           "write_simulated_id01bliss_scan", "add_bcdi_preprocess_parser", "cmd_bcdi_preprocess"]
+__all__ = ["GAPFILL_DEFAULTS", "REPORT_DEFAULTS", "load_config", "split_config", "check_gapfill_settings",
+           "check_report_settings", "run_bcdi_preprocessing", "write_simulated_id01bliss_scan",
+           "add_bcdi_preprocess_parser", "cmd_bcdi_preprocess"]
 
 #: The keys of the ``gapfill:`` section and their defaults.
 GAPFILL_DEFAULTS: dict[str, Any] = {
@@ -107,6 +133,11 @@ GAPFILL_DEFAULTS: dict[str, Any] = {
     "overwrite": False,
 }
 _METHODS = ("model", "biharmonic", "linear", "cubic", "nearest", "zero")
+#: The keys of the ``report:`` section and their defaults: the scan workflows' phasing settings
+#: and the output directory.
+REPORT_DEFAULTS: dict[str, Any] = {**pipeline.DEFAULT_CONFIG["phasing"], "out_dir": None}
+# The gapfill: settings that the pipeline's bcdi stage takes (its layout keys come from the record).
+_PIPELINE_GAPFILL_KEYS = ("method", "weights", "stride", "device", "flips", "batch_size")
 _BCDI_INSTALL = ("pip install --no-deps --ignore-requires-python bcdi==0.3.1 and pip install 'bcdi-gapfill[bcdi]' "
                  "(its dependencies), or `make install`")
 
@@ -164,6 +195,16 @@ def _int_list_or_none(settings: dict, key: str, n: int) -> None:
     settings[key] = [int(v) for v in value]
 
 
+def _refuse_unknown_keys(section: Mapping[str, Any], known: Mapping[str, Any], name: str) -> None:
+    unknown = [key for key in section if key not in known]
+    if unknown:
+        hints = []
+        for key in unknown:
+            close = difflib.get_close_matches(str(key), list(known), n=1)
+            hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+        raise ValueError(f"unknown {name} keys: {', '.join(hints)}; known: {sorted(known)}")
+
+
 def check_gapfill_settings(section: Mapping[str, Any] | None) -> dict[str, Any]:
     """The ``gapfill:`` section checked and completed with :data:`GAPFILL_DEFAULTS`.
 
@@ -175,13 +216,7 @@ def check_gapfill_settings(section: Mapping[str, Any] | None) -> dict[str, Any]:
     if not isinstance(section, Mapping):
         raise TypeError(f"the gapfill section must be a mapping of settings, got {type(section).__name__}: "
                         f"{section!r}")
-    unknown = [key for key in section if key not in GAPFILL_DEFAULTS]
-    if unknown:
-        hints = []
-        for key in unknown:
-            close = difflib.get_close_matches(str(key), list(GAPFILL_DEFAULTS), n=1)
-            hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
-        raise ValueError(f"unknown gapfill keys: {', '.join(hints)}; known: {sorted(GAPFILL_DEFAULTS)}")
+    _refuse_unknown_keys(section, GAPFILL_DEFAULTS, "gapfill")
     settings = {**GAPFILL_DEFAULTS, **{key: _none(value) for key, value in section.items()}}
     if settings["method"] not in _METHODS:
         raise ValueError(f"gapfill.method must be one of {list(_METHODS)}, got {settings['method']!r}")
@@ -213,21 +248,78 @@ def check_gapfill_settings(section: Mapping[str, Any] | None) -> dict[str, Any]:
     return settings
 
 
+def _pipeline_config(report: Mapping[str, Any], gapfill: Mapping[str, Any], *, data: str, mask: str | None,
+                     scan: int, record: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The scan-workflow configuration (:mod:`bcdi_gapfill.pipeline`) of one scan's report."""
+    layout = {"detector": None, "roi": None, "binning": None}
+    if record is not None and record.get("gap_source") == "detector":
+        layout = {key: record.get(key) for key in layout}
+    return {"name": f"bcdi_preprocess S{scan}", "scan": int(scan), "data": data, "mask": mask,
+            "gapfill": {**{key: gapfill[key] for key in _PIPELINE_GAPFILL_KEYS}, **layout},
+            "phasing": {key: value for key, value in report.items() if key != "out_dir"}}
+
+
+def check_report_settings(section: Mapping[str, Any] | None,
+                          gapfill: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The ``report:`` section checked and completed with :data:`REPORT_DEFAULTS`.
+
+    ``gapfill`` is the checked ``gapfill:`` section (default: its defaults): the report
+    refuses ``gapfill.method: zero``, which is its ``zero_fill`` baseline already. The
+    phasing values get the checks of :func:`bcdi_gapfill.pipeline.load_workflow_config`
+    (a malformed ``algorithm`` fails here, before bcdi runs). Raises ValueError naming an
+    unknown key (with the closest known one) or a bad value; TypeError when the section is
+    not a mapping.
+    """
+    if section is None:
+        section = {}
+    if not isinstance(section, Mapping):
+        raise TypeError(f"the report section must be a mapping of settings, got {type(section).__name__}: "
+                        f"{section!r}")
+    _refuse_unknown_keys(section, REPORT_DEFAULTS, "report")
+    settings = {**REPORT_DEFAULTS, **{key: _none(value) for key, value in section.items()}}
+    settings["baselines"] = list(settings["baselines"]) if isinstance(settings["baselines"], (list, tuple)) \
+        else settings["baselines"]
+    out_dir = settings["out_dir"]
+    if out_dir is not None:
+        if not isinstance(out_dir, str) or not out_dir:
+            raise ValueError(f"report.out_dir must be a directory path or null, got {out_dir!r}")
+        try:
+            out_dir.format(scan=0)
+        except (KeyError, IndexError, ValueError):
+            raise ValueError(f"report.out_dir may hold {{scan}} and no other braces, got {out_dir!r}") from None
+    try:
+        pipeline.load_workflow_config(_pipeline_config(settings, gapfill or GAPFILL_DEFAULTS, data="S0_pynx.npz",
+                                                       mask=None, scan=0))
+    except ValueError as exc:
+        # the pipeline names these settings phasing.<key>; here they are report.<key>
+        raise ValueError(str(exc).replace("phasing.", "report.")) from None
+    return settings
+
+
+def _report_dir(report: Mapping[str, Any], bcdi_data: Path, scan: int) -> Path:
+    if report["out_dir"] is None:
+        return bcdi_data.parent / f"gapfill_report_S{scan}"
+    return Path(report["out_dir"].format(scan=scan))
+
+
 def split_config(config: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     """Split a configuration into bcdi's parameters and the checked ``gapfill`` settings.
 
     Returns ``(bcdi_parameters, gapfill_settings)``; the first is the configuration without
-    ``gapfill`` (a new dict, ``config`` is not modified). A missing ``gapfill`` section gives
-    the defaults. A top-level key that looks like a misspelt ``gapfill`` (``gap_fill``,
-    ``GapFill``) is refused, since bcdi would silently ignore it.
+    ``gapfill`` and ``report`` (a new dict, ``config`` is not modified; the ``report``
+    section is checked by :func:`check_report_settings`). A missing ``gapfill`` section
+    gives the defaults. A top-level key that looks like a misspelt ``gapfill`` or ``report``
+    (``gap_fill``, ``GapFill``, ``reports``) is refused, since bcdi would silently ignore it.
     """
     if not isinstance(config, Mapping):
         raise TypeError(f"config must be a mapping of bcdi parameters, got {type(config).__name__}")
-    bcdi_parameters = {key: value for key, value in config.items() if key != "gapfill"}
+    bcdi_parameters = {key: value for key, value in config.items() if key not in ("gapfill", "report")}
     for key in bcdi_parameters:
         normalised = str(key).lower().replace("_", "").replace("-", "").replace(" ", "")
-        if normalised == "gapfill" or difflib.get_close_matches(normalised, ["gapfill"], n=1, cutoff=0.85):
-            raise ValueError(f"top-level key {key!r} looks like a misspelt 'gapfill' section; name it 'gapfill'")
+        for section in ("gapfill", "report"):
+            if normalised == section or difflib.get_close_matches(normalised, [section], n=1, cutoff=0.85):
+                raise ValueError(f"top-level key {key!r} looks like a misspelt {section!r} section; name it "
+                                 f"{section!r}")
     if bcdi_parameters.get("detector_on_goniometer") is False:
         raise ValueError("detector_on_goniometer is false: that is bcdi's forward-CDI preprocessing "
                          "(process_scan_cdi), which this BCDI workflow does not cover")
@@ -309,9 +401,11 @@ def _fill_saved_scan(analysis: Any, data_path: Path, mask_path: Path, settings: 
     # bcdi writes the mask as int (Analysis.save_mask): the stage gets it as saved.
     data = np.asarray(analysis.data)
     mask = np.asarray(analysis.mask).astype(int)
+    t0 = time.perf_counter()
     filled, new_mask, record = bcdi_stage.fill_bcdi_arrays(
         data, mask, method=settings["method"], model=settings["weights"], stride=settings["stride"],
         **detector_kwargs, **inpaint_kwargs)
+    record["fill_time_s"] = time.perf_counter() - t0
     record["stage"] = "bcdi-preprocess"
     record["inputs"] = {"data": str(data_path.resolve()), "data_sha256": gio.file_sha256(data_path),
                         "mask": str(mask_path.resolve()), "mask_sha256": gio.file_sha256(mask_path)}
@@ -330,26 +424,30 @@ def _fill_saved_scan(analysis: Any, data_path: Path, mask_path: Path, settings: 
 # ---------------------------------------------------------------------------- entry point
 def run_bcdi_preprocessing(config: str | os.PathLike | Mapping[str, Any], *,
                            command_line_args: Mapping[str, Any] | None = None,
-                           gapfill: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
+                           gapfill: Mapping[str, Any] | None = None, progress: bool = False) -> list[dict[str, Any]]:
     """Run bcdi's preprocessing with the gap-filling stage after each scan's save.
 
     Parameters
     ----------
     config : path or mapping
-        A bcdi preprocessing YAML file (``.yml``), or its parameters as a dict, with an
-        optional ``gapfill:`` section (see the module docstring for its keys).
+        A bcdi preprocessing YAML file (``.yml``), or its parameters as a dict, with
+        optional ``gapfill:`` and ``report:`` sections (see the module docstring for their
+        keys). With ``report:``, each scan is then phased and reported.
     command_line_args : mapping, optional
         bcdi's command-line overrides (``bcdi.utils.parser.add_cli_parameters``), as
         ``vars(parser.parse_args())``; None values are ignored, as in bcdi.
     gapfill : mapping, optional
         Settings that replace those of the ``gapfill:`` section, key by key.
+    progress : bool
+        Print one line per step of the report workflow.
 
     Returns
     -------
     list of dict, one per scan, in bcdi's order
         ``scan``; ``bcdi_data``, ``bcdi_mask`` (bcdi's pair, as bcdi wrote it); ``data``,
         ``mask``, ``record`` (our gap-filled pair and its JSON record, Paths);
-        ``gap_voxels_filled``.
+        ``gap_voxels_filled``; ``report_dir``, ``report_json``, ``report_html`` (Paths of
+        the report, None without a ``report:`` section).
 
     Raises
     ------
@@ -359,8 +457,8 @@ def run_bcdi_preprocessing(config: str | os.PathLike | Mapping[str, Any], *,
         Unreadable configuration, unknown or bad ``gapfill`` keys; bcdi's own errors on its
         parameters and data pass through unchanged.
     FileExistsError
-        One of our outputs exists and ``gapfill.overwrite`` is false (bcdi's pair of that scan
-        is written by then, as bcdi always does).
+        One of our outputs (report outputs included) exists and ``gapfill.overwrite`` is
+        false (bcdi's pair of that scan is written by then, as bcdi always does).
     """
     if isinstance(config, Mapping):
         raw = dict(config)
@@ -377,6 +475,7 @@ def run_bcdi_preprocessing(config: str | os.PathLike | Mapping[str, Any], *,
                             f"{section!r}")
         raw["gapfill"] = {**section, **gapfill}
     bcdi_parameters, settings = split_config(raw)
+    report = check_report_settings(raw["report"], settings) if "report" in raw else None
 
     config_parser, runner, process_scan_module, parameter_error = _import_bcdi()
     import bcdi
@@ -387,10 +486,24 @@ def run_bcdi_preprocessing(config: str | os.PathLike | Mapping[str, Any], *,
         raise ValueError(f"bcdi rejected the configuration: {exc}") from exc
     prm["multiprocessing"] = False            # see the module docstring
     provenance = {"bcdi_version": getattr(bcdi, "__version__", "unknown"), "config": source}
+    if (report is not None and report["out_dir"] is not None and "{scan}" not in report["out_dir"]
+            and len(prm["scans"]) > 1):
+        raise ValueError(f"report.out_dir {report['out_dir']!r} would hold the reports of {len(prm['scans'])} "
+                         "scans: put {scan} in it, or leave it null")
 
     results: list[dict[str, Any]] = []
 
     def on_saved(analysis: Any, data_path: Path, mask_path: Path) -> None:
+        if report is not None and not settings["overwrite"]:
+            # refused before the fill, as our other outputs are; run_workflow checks again
+            scan = int(analysis.scan_nb)
+            cfg = pipeline.load_workflow_config(_pipeline_config(report, settings, data=str(data_path),
+                                                                 mask=str(mask_path), scan=scan))
+            outputs = pipeline.workflow_outputs(cfg, _report_dir(report, data_path, scan))
+            existing = [str(p) for role, p in outputs.items() if not role.startswith("filled_") and os.path.lexists(p)]
+            if existing:
+                raise FileExistsError(f"report outputs exist: {', '.join(existing)}; set gapfill.overwrite: true to "
+                                      "replace them")
         results.append(_fill_saved_scan(analysis, data_path, mask_path, settings, provenance))
 
     # process_scan adds a log-file handler that it removes only on success; remove it on error
@@ -412,7 +525,24 @@ def run_bcdi_preprocessing(config: str | os.PathLike | Mapping[str, Any], *,
     if len(results) != len(prm["scans"]):
         raise RuntimeError(f"bcdi processed {len(prm['scans'])} scans but saved {len(results)} PyNX pairs: the "
                            "stage could not be inserted (unsupported bcdi version?)")
+    for result in results:
+        result.update(report_dir=None, report_json=None, report_html=None)
+        if report is not None:
+            result.update(_report_scan(result, report, settings, progress))
     return results
+
+
+def _report_scan(result: Mapping[str, Any], report: Mapping[str, Any], settings: Mapping[str, Any],
+                 progress: bool) -> dict[str, Path]:
+    """The scan workflow on bcdi's pair and our filled pair: phasing, baselines, report."""
+    record = json.loads(Path(result["record"]).read_text())
+    cfg = _pipeline_config(report, settings, data=str(result["bcdi_data"]), mask=str(result["bcdi_mask"]),
+                           scan=result["scan"], record=record)
+    out = _report_dir(report, Path(result["bcdi_data"]), result["scan"])
+    done = pipeline.run_workflow(cfg, out, overwrite=settings["overwrite"], progress=progress,
+                                 filled_pair={role: result[role] for role in ("data", "mask", "record")})
+    return {"report_dir": out, "report_json": done["paths"]["report_json"],
+            "report_html": done["paths"]["report_html"]}
 
 
 # ------------------------------------------------------------------ a raw scan without a beamline
@@ -476,6 +606,8 @@ def _print_results(results: list[dict[str, Any]]) -> None:
         print(f"S{result['scan']}: bcdi wrote {result['bcdi_data'].name}, {result['bcdi_mask'].name}; filled "
               f"{result['gap_voxels_filled']} gap voxels -> {result['data'].name}, {result['mask'].name}, "
               f"record {result['record'].name}")
+        if result.get("report_html") is not None:
+            print(f"S{result['scan']}: report {result['report_html']}")
 
 
 def add_bcdi_preprocess_parser(sub: Any) -> argparse.ArgumentParser:
@@ -492,7 +624,7 @@ def add_bcdi_preprocess_parser(sub: Any) -> argparse.ArgumentParser:
 def cmd_bcdi_preprocess(args: argparse.Namespace) -> int:
     """Handler of ``bcdi-gapfill bcdi-preprocess``; returns the exit status."""
     overrides = {"overwrite": True} if args.overwrite else None
-    _print_results(run_bcdi_preprocessing(args.config, gapfill=overrides))
+    _print_results(run_bcdi_preprocessing(args.config, gapfill=overrides, progress=True))
     return 0
 
 
@@ -538,7 +670,7 @@ def main(argv: list[str] | None = None, *, prog: str | None = None,
                 write_simulated_id01bliss_scan(raw, sample_name=str(sample), scan=int(scan))
                 print(f"wrote a simulated scan to {raw}")
         results = run_bcdi_preprocessing(config_file, command_line_args=cli_args,
-                                         gapfill={"overwrite": True} if overwrite else None)
+                                         gapfill={"overwrite": True} if overwrite else None, progress=True)
     except (ValueError, TypeError, OSError, ImportError, KeyError) as exc:
         print(f"{parser.prog}: error: {exc}", file=sys.stderr)
         return 2

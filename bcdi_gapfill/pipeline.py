@@ -14,7 +14,9 @@ Steps of :func:`run_workflow`:
    the detector's real layout cropped to a ROI, zeroed and masked as bcdi does, plus a few
    hot pixels), so that the workflow runs without beamline data;
 2. the bcdi stage (:func:`bcdi_gapfill.bcdi_stage.fill_bcdi_files`) writes the gap-filled pair
-   and its JSON record into the output directory (the inputs are only read);
+   and its JSON record into the output directory (the inputs are only read); or, with
+   ``filled_pair``, a pair the stage already filled from the same input (as
+   :mod:`bcdi_gapfill.bcdi_preprocess` does at bcdi's save) is taken as it is;
 3. phase retrieval (:func:`bcdi_gapfill.phasing.phase_retrieval`) of the filled data and of
    two baselines, the same algorithm, starts and seeds for all: ``free_pixels`` (the gap
    left unconstrained) and ``zero_fill`` (the gap constrained to zero). Hot pixels and
@@ -462,8 +464,39 @@ def _say(progress: bool, text: str) -> None:
         print(text, flush=True)
 
 
+def _given_filled_pair(filled_pair: Any, cfg: Mapping[str, Any]) -> tuple[dict[str, Path], dict[str, Any]]:
+    """Check a pair the bcdi stage already wrote for the configuration's data; its paths and record."""
+    if cfg["simulate"] is not None:
+        raise ValueError("filled_pair is a gap-filled pair of the configuration's data: give data (and mask), not a "
+                         "simulate section")
+    data_path, mask_path = Path(cfg["data"]), None if cfg["mask"] is None else Path(cfg["mask"])
+    if not isinstance(filled_pair, Mapping) or set(filled_pair) != {"data", "mask", "record"}:
+        raise ValueError(f"filled_pair must map 'data', 'mask' and 'record' to the files the bcdi stage wrote, got "
+                         f"{filled_pair!r}")
+    paths = {role: Path(filled_pair[role]) for role in ("data", "mask", "record")}
+    for role, path in paths.items():
+        if not path.is_file():
+            raise FileNotFoundError(f"no such file: {path} (filled_pair {role})")
+    record = json.loads(paths["record"].read_text())
+    if not isinstance(record, Mapping):
+        raise ValueError(f"{paths['record']} is not a record of the bcdi stage (a JSON object)")
+    # The record names the pair it was filled from by content: a stale or foreign pair is refused.
+    inputs = record.get("inputs") or {}
+    expected = {"data_sha256": data_path} if mask_path is None else {"data_sha256": data_path,
+                                                                      "mask_sha256": mask_path}
+    for key, path in expected.items():
+        if inputs.get(key) != gio.file_sha256(path):
+            raise ValueError(f"the filled pair's record {paths['record']} was not made from {path} ({key} differs "
+                             "or is missing): fill this pair again, or let the workflow fill it")
+    if record.get("method") != cfg["gapfill"]["method"]:
+        raise ValueError(f"the filled pair was made with method {record.get('method')!r}, but gapfill.method is "
+                         f"{cfg['gapfill']['method']!r}")
+    return paths, record
+
+
 def run_workflow(config: str | os.PathLike | Mapping[str, Any], out_dir: str | os.PathLike | None = None, *,
-                 overwrite: bool | None = None, progress: bool = False) -> dict[str, Any]:
+                 overwrite: bool | None = None, progress: bool = False,
+                 filled_pair: Mapping[str, str | os.PathLike] | None = None) -> dict[str, Any]:
     """Run a ready pipeline: bcdi pair (read or simulated) -> gap filling -> phasing -> report.
 
     Parameters
@@ -478,12 +511,19 @@ def run_workflow(config: str | os.PathLike | Mapping[str, Any], out_dir: str | o
         output raises FileExistsError before anything is computed.
     progress : bool
         Print one line per step (and the inpainting progress bar).
+    filled_pair : mapping, optional
+        ``{"data", "mask", "record"}``: the gap-filled pair and JSON record that the bcdi
+        stage already wrote for the configuration's ``data``/``mask`` (e.g. by
+        :func:`bcdi_gapfill.bcdi_preprocess.run_bcdi_preprocessing`). The fill step is then
+        skipped and that pair is phased as it is (only read); its record must name the
+        configuration's files by SHA-256 and ``gapfill.method``. Not with ``simulate``.
 
     Returns
     -------
     dict
         ``{"report": <the report dict>, "paths": {role: Path}}``; the report is also
-        ``report.json`` in the output directory.
+        ``report.json`` in the output directory. With ``filled_pair``, the ``filled_*`` roles
+        are the given files.
     """
     from bcdi_gapfill.bcdi_stage import fill_bcdi_files
     from bcdi_gapfill.phasing import CDIState, phase_retrieval
@@ -495,14 +535,19 @@ def run_workflow(config: str | os.PathLike | Mapping[str, Any], out_dir: str | o
     if out.exists() and not out.is_dir():
         raise NotADirectoryError(f"{out} exists and is not a directory")
     paths = workflow_outputs(cfg, out)
-    existing = [str(p) for p in paths.values() if os.path.lexists(p)]
-    if existing and not overwrite:
-        raise FileExistsError(f"outputs exist: {', '.join(existing)}; pass overwrite=True (--overwrite) to "
-                              "replace them")
     if cfg["data"] is not None:
         for key in ("data", "mask"):
             if cfg[key] is not None and not Path(cfg[key]).is_file():
                 raise FileNotFoundError(f"no such file: {cfg[key]} ({key} of the workflow configuration)")
+    if filled_pair is not None:
+        given_filled, given_record = _given_filled_pair(filled_pair, cfg)
+        paths.update({f"filled_{role}": path for role, path in given_filled.items()})
+    written_here = {role: path for role, path in paths.items()
+                    if filled_pair is None or not role.startswith("filled_")}
+    existing = [str(p) for p in written_here.values() if os.path.lexists(p)]
+    if existing and not overwrite:
+        raise FileExistsError(f"outputs exist: {', '.join(existing)}; pass overwrite=True (--overwrite) to "
+                              "replace them")
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
 
@@ -526,19 +571,27 @@ def run_workflow(config: str | os.PathLike | Mapping[str, Any], out_dir: str | o
         options["flips"] = True
     if g["method"] == "model" and progress:
         options["progress"] = True
-    t0 = time.perf_counter()
-    filled_paths = fill_bcdi_files(data_path, mask_path, out_dir=out, overwrite=overwrite, detector=g["detector"],
-                                   roi=g["roi"], binning=g["binning"], method=g["method"], model=g["weights"],
-                                   stride=g["stride"], **options)
-    fill_time = time.perf_counter() - t0
-    record = json.loads(filled_paths["record"].read_text())
+    if filled_pair is None:
+        t0 = time.perf_counter()
+        filled_paths = fill_bcdi_files(data_path, mask_path, out_dir=out, overwrite=overwrite,
+                                       detector=g["detector"], roi=g["roi"], binning=g["binning"], method=g["method"],
+                                       model=g["weights"], stride=g["stride"], **options)
+        fill_time = time.perf_counter() - t0
+        record = json.loads(filled_paths["record"].read_text())
+    else:
+        filled_paths, record = given_filled, given_record
+        fill_time = record.get("fill_time_s")  # measured by whoever filled it, when recorded
     data, mask = gio.load_data_and_mask(data_path, mask_path)
     mask = np.zeros(data.shape, bool) if mask is None else np.asarray(mask) != 0
     with np.load(filled_paths["data"]) as npz_data, np.load(filled_paths["mask"]) as npz_mask:
         filled, new_mask = npz_data["data"], npz_mask["mask"] != 0
     gap = mask & ~new_mask  # the voxels the stage filled and released
-    _say(progress, f"[2/{n_steps}] filled {int(gap.sum())} gap voxels with {g['method']} in {fill_time:.1f} s "
-                   f"-> {filled_paths['data'].name}")
+    if filled_pair is None:
+        _say(progress, f"[2/{n_steps}] filled {int(gap.sum())} gap voxels with {g['method']} in {fill_time:.1f} s "
+                       f"-> {filled_paths['data'].name}")
+    else:
+        _say(progress, f"[2/{n_steps}] {filled_paths['data'].name}: {int(gap.sum())} gap voxels filled with "
+                       f"{g['method']} by the bcdi stage already")
 
     measured = _phasing_intensity(data)
     given = {}  # name -> (intensity given to phase retrieval, free voxels)

@@ -9,6 +9,7 @@ import hashlib
 import json
 import logging
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -26,8 +27,9 @@ def _sha256(path):
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def _config(root, **gapfill):
-    return {
+def _config(root, report=None, **gapfill):
+    extra = {} if report is None else {"report": report}
+    return {**extra, 
         "scans": 3, "root_folder": f"{root}/", "data_dir": f"{root}/", "save_dir": f"{root}/pynx/",
         "sample_name": "S", "beamline": "ID01BLISS", "template_imagefile": "scan.h5", "detector": "Maxipix",
         "rocking_angle": "outofplane", "roi_detector": ROI, "flag_interact": False, "backend": "Agg",
@@ -70,6 +72,91 @@ def test_split_config_refuses_bad_settings(config, error, match):
         bp.split_config({"scans": 1, **config})
 
 
+# ----------------------------------------------------------- report: section (no bcdi run)
+TINY_PHASING = {"algorithm": "ER**10 * HIO**20", "n_starts": 1}
+
+
+def test_report_settings_defaults_and_split():
+    from bcdi_gapfill.pipeline import DEFAULT_CONFIG
+    settings = bp.check_report_settings({"n_starts": 1, "device": "None", "out_dir": "rep_S{scan}"})
+    assert settings == {**DEFAULT_CONFIG["phasing"], "n_starts": 1, "device": None, "out_dir": "rep_S{scan}"}
+    assert bp.check_report_settings(None) == bp.REPORT_DEFAULTS
+    # bcdi never sees report: (it would ignore it silently)
+    bcdi_parameters, _ = bp.split_config({"scans": 1, "report": TINY_PHASING})
+    assert bcdi_parameters == {"scans": 1}
+    cfg = bp._pipeline_config(settings, bp.GAPFILL_DEFAULTS, data="S1_pynx.npz", mask="S1_maskpynx.npz", scan=1,
+                              record={"gap_source": "detector", "detector": "Maxipix", "roi": ROI,
+                                      "binning": [1, 1, 1]})
+    assert cfg["gapfill"]["roi"] == ROI and cfg["gapfill"]["method"] == "model" and "out_dir" not in cfg["phasing"]
+
+
+@pytest.mark.parametrize("section, gapfill, error, match", [
+    ({"n_start": 1}, None, ValueError, r"unknown report keys: 'n_start' \(did you mean 'n_starts'\?\)"),
+    ({"out": "x"}, None, ValueError, r"unknown report keys: 'out' \(did you mean 'out_dir'\?\)"),
+    ([1], None, TypeError, "report section must be a mapping"),
+    ({"n_starts": 0}, None, ValueError, r"report\.n_starts must be an integer >= 1, got 0"),
+    ({"n_starts": 1, "n_average": 2}, None, ValueError, r"report\.n_average \(2\) cannot exceed"),
+    ({"baselines": ["zero"]}, None, ValueError, r"report\.baselines must be a list of distinct names"),
+    ({"algorithm": "ER**20 * HIOO"}, None, ValueError, "unsupported element 'HIOO'"),
+    ({"out_dir": "rep_{sample}"}, None, ValueError, r"report\.out_dir may hold \{scan\}"),
+    ({"out_dir": 3}, None, ValueError, r"report\.out_dir must be a directory path or null, got 3"),
+    ({}, {"method": "zero"}, ValueError, r"gapfill\.method 'zero' is the zero_fill baseline already"),
+])
+def test_report_settings_refused(section, gapfill, error, match):
+    with pytest.raises(error, match=match):
+        bp.check_report_settings(section, bp.check_gapfill_settings(gapfill))
+
+
+def test_report_errors_come_before_bcdi(tmp_path, monkeypatch):
+    """A bad report: stops the run before bcdi is imported; a misspelt section name is refused."""
+    monkeypatch.setitem(sys.modules, "bcdi.preprocessing.preprocessing_runner", None)
+    monkeypatch.delattr(sys.modules.get("bcdi.preprocessing"), "preprocessing_runner", raising=False)
+    with pytest.raises(ValueError, match="unknown report keys: 'n_start'"):
+        bp.run_bcdi_preprocessing(_config(tmp_path, report={"n_start": 1}))
+    with pytest.raises(ValueError, match="misspelt 'report' section"):
+        bp.split_config({"scans": 1, "reports": TINY_PHASING})
+
+
+def test_report_dir_of_several_scans_needs_scan_placeholder(tmp_path):
+    pytest.importorskip("bcdi.utils.parser", reason="bcdi is not installed")
+    config = {**_config(tmp_path, report={**TINY_PHASING, "out_dir": str(tmp_path / "rep")}), "scans": [1, 2]}
+    with pytest.raises(ValueError, match=r"report\.out_dir .*rep' would hold the reports of 2 scans: put \{scan\}"):
+        bp.run_bcdi_preprocessing(config)
+    assert bp._report_dir(bp.check_report_settings({"out_dir": "r/S{scan}"}), tmp_path / "S4_pynx.npz", 4) == \
+        Path("r/S4")
+    assert not (tmp_path / "pynx").exists()                         # bcdi did not run
+
+
+def test_workflow_phases_an_already_filled_pair(tmp_path):
+    """pipeline.run_workflow(filled_pair=...) phases the given pair and refuses one not made from its data."""
+    from bcdi_gapfill.bcdi_stage import fill_bcdi_files
+    from bcdi_gapfill.pipeline import run_workflow, simulate_bcdi_pair
+    pair = simulate_bcdi_pair(tmp_path, scan=2, seed=1, size=(16, 24, 24), roi_origin=(246, 246), hot_pixels=1,
+                              peak_counts=1e4, phase="zero")
+    filled = fill_bcdi_files(pair.data_path, pair.mask_path, method="biharmonic")
+    before = {path: _sha256(path) for path in filled.values()}
+    cfg = {"data": str(pair.data_path), "mask": str(pair.mask_path), "gapfill": {"method": "biharmonic"},
+           "phasing": {"algorithm": "ER**5", "n_starts": 1}}
+    out = tmp_path / "report"
+    done = run_workflow(cfg, out, filled_pair=filled)
+    assert list(done["report"]["methods"]) == ["biharmonic", "free_pixels", "zero_fill"]
+    assert {role: done["paths"][f"filled_{role}"] for role in filled} == filled
+    assert not list(out.glob("*_gapfilled*"))                         # not filled a second time
+    assert {path: _sha256(path) for path in filled.values()} == before
+    assert done["report"]["settings"]["gap_voxels"] == int(pair.gap.sum())
+    with pytest.raises(ValueError, match="made with method 'biharmonic', but gapfill.method is 'linear'"):
+        run_workflow({**cfg, "gapfill": {"method": "linear"}}, tmp_path / "r2", filled_pair=filled)
+    with pytest.raises(ValueError, match="filled_pair must map 'data', 'mask' and 'record'"):
+        run_workflow(cfg, tmp_path / "r2", filled_pair={"data": filled["data"]})
+    with pytest.raises(ValueError, match="not a simulate section"):
+        run_workflow({"simulate": {"size": [16, 24, 24]}}, tmp_path / "r2", filled_pair=filled)
+    other = simulate_bcdi_pair(tmp_path / "report", scan=2, seed=2, size=(16, 24, 24), roi_origin=(246, 246))
+    with pytest.raises(ValueError, match=r"was not made from .*S2_pynx.*data_sha256 differs"):
+        run_workflow({**cfg, "data": str(other.data_path), "mask": str(other.mask_path)}, tmp_path / "r2",
+                     filled_pair=filled)
+    assert not (tmp_path / "r2").exists()
+
+
 def test_load_config_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="no such configuration file"):
         bp.load_config(tmp_path / "missing.yml")
@@ -89,6 +176,8 @@ def test_load_config_errors(tmp_path):
 
 def test_missing_bcdi_gives_install_message(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "bcdi.preprocessing.preprocessing_runner", None)
+    # an earlier test may have imported it: `from bcdi.preprocessing import ...` reads the attribute first
+    monkeypatch.delattr(sys.modules.get("bcdi.preprocessing"), "preprocessing_runner", raising=False)
     with pytest.raises(ImportError, match=r"needs bcdi 0\.3\.1.*pip install --no-deps"):
         bp.run_bcdi_preprocessing(_config(tmp_path))
 
@@ -96,15 +185,18 @@ def test_missing_bcdi_gives_install_message(monkeypatch, tmp_path):
 def test_bcdi_parses_the_shipped_config_without_gapfill(monkeypatch, tmp_path):
     """The shipped YAML passes bcdi's own ConfigParser once gapfill: is split off."""
     pytest.importorskip("bcdi.utils.parser", reason="bcdi is not installed")
-    from pathlib import Path
     shipped = Path(__file__).parents[1] / "workflows" / "bcdi_preprocess_gapfill.yml"
     monkeypatch.chdir(tmp_path)
     (tmp_path / "bcdi_gapfill_scan").mkdir()      # bcdi checks that root_folder exists
-    bcdi_parameters, settings = bp.split_config(bp.load_config(shipped))
+    config = bp.load_config(shipped)
+    bcdi_parameters, settings = bp.split_config(config)
     config_parser, _, _, parameter_error = bp._import_bcdi()
     args = bp._parse_with_bcdi(config_parser, bcdi_parameters, {"scans": [1]})
-    assert "gapfill" not in args and args["detector"] == "Maxipix" and args["beamline"] == "ID01BLISS"
+    assert "gapfill" not in args and "report" not in args
+    assert args["detector"] == "Maxipix" and args["beamline"] == "ID01BLISS"
     assert settings["method"] == "model" and settings["gap_from"] == "mask"
+    report = bp.check_report_settings(config["report"], settings)
+    assert report["baselines"] == ["free_pixels", "zero_fill"] and report["out_dir"] is None
     # bcdi's own rejection of a value comes back as a ValueError naming it
     with pytest.raises(ValueError, match="bcdi rejected the configuration.*normalize_flux"):
         bp.run_bcdi_preprocessing({**bcdi_parameters, "normalize_flux": "sometimes"})
@@ -195,7 +287,6 @@ def test_bcdi_run_restores_bcdi_and_logging(bcdi_run):
 def test_rerun_detector_gap_refusal_and_commands(bcdi_run, capsys):
     """Second runs: gap from bcdi's detector object, refusal of existing outputs, CLI and script."""
     import subprocess
-    from pathlib import Path
 
     from bcdi_gapfill import cli
     root, raw, raw_hash, config_path, results = bcdi_run
@@ -227,6 +318,38 @@ def test_rerun_detector_gap_refusal_and_commands(bcdi_run, capsys):
     assert done.returncode == 0, done.stderr[-2000:]
     assert "S3: bcdi wrote S3_pynx" in done.stdout
     assert _sha256(raw) == raw_hash
+
+
+def test_raw_frames_to_report_in_one_run(tmp_path):
+    """report: runs phasing with both baselines and the report on bcdi's pair and the filled pair."""
+    pytest.importorskip("bcdi.preprocessing.preprocessing_runner", reason="bcdi is not installed")
+    import matplotlib
+    matplotlib.use("Agg")
+    bp.write_simulated_id01bliss_scan(tmp_path / "scan.h5", shape=SHAPE, roi_origin=(ROI[0], ROI[2]), seed=SEED,
+                                      peak_counts=1e5, sample_name="S", scan=3)
+    config = _config(tmp_path, report=TINY_PHASING, method="model", stride=16)
+    [result] = bp.run_bcdi_preprocessing(config)
+    assert result["report_dir"] == tmp_path / "pynx" / "gapfill_report_S3"
+    assert result["report_html"].is_file() and result["report_json"] == result["report_dir"] / "report.json"
+    report = json.loads(result["report_json"].read_text())
+    assert list(report["methods"]) == ["inpaint", "free_pixels", "zero_fill"]
+    for name, entry in report["methods"].items():
+        assert np.isfinite(entry["llk_measured"]) and entry["support_voxels"] > 0, name
+        assert (result["report_dir"] / f"reconstruction_{name}.npz").is_file()
+    settings = report["settings"]
+    # phased: bcdi's own pair and the pair filled at bcdi's save, not a second fill
+    assert settings["inputs"] == {"data": str(result["bcdi_data"]), "mask": str(result["bcdi_mask"])}
+    assert settings["outputs"] == {role: str(result[role]) for role in ("data", "mask", "record")}
+    assert not list(result["report_dir"].glob("*_gapfilled*"))
+    assert settings["gap_voxels"] == result["gap_voxels_filled"] == SHAPE[0] * (2 * 6 * 32 - 36)
+    assert report["methods"]["inpaint"]["fill_time_s"] > 0 and settings["gapfill_record"]["stage"] == "bcdi-preprocess"
+    assert settings["algorithm"] == TINY_PHASING["algorithm"] and settings["n_starts"] == 1
+
+    # a second run: the report outputs exist, refused before the fill (our pair stays as it was)
+    filled_before = _sha256(result["data"])
+    with pytest.raises(FileExistsError, match=r"report outputs exist: .*gapfill_report_S3.*gapfill\.overwrite"):
+        bp.run_bcdi_preprocessing(config)
+    assert _sha256(result["data"]) == filled_before
 
 
 def test_command_reports_config_errors_in_one_line(tmp_path, capsys):
