@@ -205,19 +205,24 @@ def _refuse_unknown_keys(section: Mapping[str, Any], known: Mapping[str, Any], n
         raise ValueError(f"unknown {name} keys: {', '.join(hints)}; known: {sorted(known)}")
 
 
+def _section_settings(section: Mapping[str, Any] | None, defaults: Mapping[str, Any], name: str) -> dict[str, Any]:
+    """A section of our own in the bcdi YAML, its keys checked, completed with ``defaults``."""
+    if section is None:
+        section = {}
+    if not isinstance(section, Mapping):
+        raise TypeError(f"the {name} section must be a mapping of settings, got {type(section).__name__}: "
+                        f"{section!r}")
+    _refuse_unknown_keys(section, defaults, name)
+    return {**defaults, **{key: _none(value) for key, value in section.items()}}
+
+
 def check_gapfill_settings(section: Mapping[str, Any] | None) -> dict[str, Any]:
     """The ``gapfill:`` section checked and completed with :data:`GAPFILL_DEFAULTS`.
 
     Raises ValueError naming an unknown key (with the closest known one), or a value of the
     wrong kind; TypeError when the section is not a mapping.
     """
-    if section is None:
-        section = {}
-    if not isinstance(section, Mapping):
-        raise TypeError(f"the gapfill section must be a mapping of settings, got {type(section).__name__}: "
-                        f"{section!r}")
-    _refuse_unknown_keys(section, GAPFILL_DEFAULTS, "gapfill")
-    settings = {**GAPFILL_DEFAULTS, **{key: _none(value) for key, value in section.items()}}
+    settings = _section_settings(section, GAPFILL_DEFAULTS, "gapfill")
     if settings["method"] not in _METHODS:
         raise ValueError(f"gapfill.method must be one of {list(_METHODS)}, got {settings['method']!r}")
     if settings["gap_from"] not in ("mask", "detector"):
@@ -270,13 +275,7 @@ def check_report_settings(section: Mapping[str, Any] | None,
     unknown key (with the closest known one) or a bad value; TypeError when the section is
     not a mapping.
     """
-    if section is None:
-        section = {}
-    if not isinstance(section, Mapping):
-        raise TypeError(f"the report section must be a mapping of settings, got {type(section).__name__}: "
-                        f"{section!r}")
-    _refuse_unknown_keys(section, REPORT_DEFAULTS, "report")
-    settings = {**REPORT_DEFAULTS, **{key: _none(value) for key, value in section.items()}}
+    settings = _section_settings(section, REPORT_DEFAULTS, "report")
     settings["baselines"] = list(settings["baselines"]) if isinstance(settings["baselines"], (list, tuple)) \
         else settings["baselines"]
     out_dir = settings["out_dir"]
