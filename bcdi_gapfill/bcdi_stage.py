@@ -233,11 +233,13 @@ def fill_bcdi_arrays(data: np.ndarray, mask: np.ndarray | None, *, detector: Any
     work = np.nan_to_num(data.astype(np.float32, copy=True), nan=0.0, posinf=0.0, neginf=0.0)
     np.maximum(work, 0.0, out=work)
     work[gap] = 0.0
-    result = inpaint(work, gap, method=method, model=model, stride=stride, **inpaint_kwargs)
+    run_info: dict[str, Any] = {}
+    result = inpaint(work, gap, method=method, model=model, stride=stride, run_info=run_info, **inpaint_kwargs)
     filled[gap] = result[gap].astype(out_dtype)
     new_mask[gap] = 0
     if method == "model":
         record.update(_weights_record(model))
+        record["prefill"] = run_info.get("prefill")
     return filled, new_mask, record
 
 

@@ -109,7 +109,7 @@ def _cmd_inpaint(args: argparse.Namespace) -> int:
         else:
             record["weights"], record["weights_sha256"] = str(args.weights), io.file_sha256(args.weights)
         record.update(device=run_info.get("device"), batch_size=run_info.get("batch_size"),
-                      windows=run_info.get("n_windows"))
+                      windows=run_info.get("n_windows"), prefill=run_info.get("prefill"))
     io.save_array(out_path, filled, mask=new_mask, attrs=record, overwrite=args.overwrite, protect=protect)
     extras = {"filled_voxels": gap}
     if uncertainty is not None:
