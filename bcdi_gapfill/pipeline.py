@@ -74,7 +74,6 @@ from typing import Any
 
 import numpy as np
 
-from bcdi_gapfill import __version__
 from bcdi_gapfill import io as gio
 
 __all__ = ["DEFAULT_CONFIG", "SIMULATE_DEFAULTS", "BASELINES", "SimulatedPair", "load_workflow_config",
