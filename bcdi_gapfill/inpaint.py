@@ -24,8 +24,8 @@ where a wide gap has only ~10 measured voxels on each side. With ``prefill="glob
 (`bcdi_gapfill.classical.fill_gap`, one sparse solve over every gap voxel, seconds for a
 128^3 cross gap), cropped to each window and normalised as the window is: the network
 then corrects a fill that saw the whole pattern. On whole 128^3 arrays this lifted the
-9-12 pixel gaps from below the log-biharmonic fill to above it, and changed the 3-6 pixel
-gaps by less than 0.01 of headroom (docs/benchmarks.md). ``prefill="window"`` is the
+12-pixel gaps from below the log-biharmonic fill to above it, raised the 9-pixel ones a
+little, and changed the 3-6 pixel gaps by less than 0.01 of headroom (docs/benchmarks.md). ``prefill="window"`` is the
 per-window prefill the network was trained with. Models without a biharmonic prefill
 (the paper's architecture) always see the window alone.
 
@@ -574,10 +574,8 @@ def _predict_windows(model, batch_counts: np.ndarray, batch_gap: np.ndarray, dev
             x, g = x.flip(dims), g.flip(dims)
             b = None if base is None else base.flip(dims)
         x = x.contiguous(memory_format=torch.channels_last_3d)
-        if autocast_dtype is not None:
-            with torch.autocast(device_type="cuda", dtype=autocast_dtype):
-                y = model(x, g, base=b) if b is not None else _forward(model, x, g, prefill)
-        else:
+        with (torch.autocast(device_type="cuda", dtype=autocast_dtype) if autocast_dtype is not None
+              else contextlib.nullcontext()):
             y = model(x, g, base=b) if b is not None else _forward(model, x, g, prefill)
         if dims:
             y = y.flip(dims)
