@@ -111,6 +111,7 @@ import numpy as np
 from bcdi_gapfill import bcdi_stage
 from bcdi_gapfill import io as gio
 from bcdi_gapfill import pipeline
+from bcdi_gapfill.inpaint import CLASSICAL_METHODS
 
 __all__ = ["GAPFILL_DEFAULTS", "REPORT_DEFAULTS", "load_config", "split_config", "check_gapfill_settings",
            "check_report_settings", "run_bcdi_preprocessing", "write_simulated_id01bliss_scan",
@@ -132,7 +133,7 @@ GAPFILL_DEFAULTS: dict[str, Any] = {
     "out_dir": None,
     "overwrite": False,
 }
-_METHODS = ("model", "biharmonic", "linear", "cubic", "nearest", "zero")
+_METHODS = ("model", *CLASSICAL_METHODS)
 #: The keys of the ``report:`` section and their defaults: the scan workflows' phasing settings
 #: and the output directory.
 REPORT_DEFAULTS: dict[str, Any] = {**pipeline.DEFAULT_CONFIG["phasing"], "out_dir": None}

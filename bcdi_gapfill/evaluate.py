@@ -114,6 +114,19 @@ def portion_table(bank, models: dict[str, Any], widths=WIDTHS, n_portions: int =
     return result
 
 
+def whole_array_gap(size: int, width: int, seed: int) -> tuple[np.ndarray, list[int]]:
+    """The cross gap of the whole-array protocol: ``width`` pixels wide, each band within 8
+    pixels of the centre of a ``size``^3 array, drawn from ``seed`` (the same seed gives the
+    same position at every width). Returns the gap mask (frames, rows, columns) and the two
+    band positions (first column, first row)."""
+    from bcdi_gapfill.geometry import synthetic_gap_mask
+
+    rng = np.random.default_rng(seed)
+    centre = size // 2 - width // 2
+    pos = [int(centre + rng.integers(-8, 9)) for _ in range(2)]
+    return synthetic_gap_mask((size,) * 3, "cross", width, position=pos[0], position2=pos[1]), pos
+
+
 def whole_array_table(models: dict[str, Any], n_arrays: int = 4, size: int = 128,
                       widths: tuple[int, ...] | int = WIDTHS, first_seed: int = ARRAY_FIRST_SEED,
                       stride: int | None = None) -> tuple[dict, dict]:
@@ -125,7 +138,6 @@ def whole_array_table(models: dict[str, Any], n_arrays: int = 4, size: int = 128
     PCC and headroom of each method) and, for the first array of the first width, the slices
     of the in-gap figure.
     """
-    from bcdi_gapfill.geometry import synthetic_gap_mask
     from bcdi_gapfill.inpaint import inpaint
     from bcdi_gapfill.metrics import pcc_gap
     from bcdi_gapfill.simulate import simulate_pattern
@@ -137,10 +149,7 @@ def whole_array_table(models: dict[str, Any], n_arrays: int = 4, size: int = 128
         seed = first_seed + i
         pattern = simulate_pattern(size, seed)
         for width in widths:
-            rng = np.random.default_rng(seed)
-            centre = size // 2 - width // 2
-            pos = [int(centre + rng.integers(-8, 9)) for _ in range(2)]
-            gap = synthetic_gap_mask(pattern.counts.shape, "cross", width, position=pos[0], position2=pos[1])
+            gap, pos = whole_array_gap(size, width, seed)
             row: dict[str, Any] = {"seed": seed, "width": width,
                                    "oversampling": float(np.mean(pattern.metadata["oversampling"])),
                                    "peak_counts": pattern.metadata["peak_counts"],

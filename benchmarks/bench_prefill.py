@@ -78,9 +78,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--name", default="prefill_test")
     opts = ap.parse_args(argv)
 
-    import numpy as np
     import torch
-    from bcdi_gapfill.geometry import synthetic_gap_mask
+    from bcdi_gapfill.evaluate import whole_array_gap
     from bcdi_gapfill.inpaint import load_model
     from bcdi_gapfill.simulate import simulate_pattern
 
@@ -90,11 +89,7 @@ def main(argv=None) -> dict:
     for seed in opts.seeds:
         pattern = simulate_pattern(opts.size, seed)
         for width in opts.widths:
-            # The gap position of whole_array_table: the same draw for the same seed.
-            rng = np.random.default_rng(seed)
-            centre = opts.size // 2 - width // 2
-            pos = [int(centre + rng.integers(-8, 9)) for _ in range(2)]
-            gap = synthetic_gap_mask(pattern.counts.shape, "cross", width, position=pos[0], position2=pos[1])
+            gap, _ = whole_array_gap(opts.size, width, seed)
             row = {"seed": seed, "width": width,
                    **_score(pattern.counts, pattern.counts, pattern.expected, gap, model, opts.stride)}
             rows.append(row)
