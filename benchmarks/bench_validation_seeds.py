@@ -1,7 +1,8 @@
 """Real-space validation over several seeds (issue 4): does the model's fill beat the baselines?
 
 For each seed, :func:`bcdi_gapfill.validate.validate` runs on a zero-phase simulated crystal
-(``--size``^3, peak 1e6 photons, Poisson noise) with cross gaps of every width of ``--widths``,
+(``--size``^3, peak 1e6 photons, Poisson noise; ``--counts none``: noiseless, as the
+paper's section 2.6.1) with cross gaps of every width of ``--widths``,
 their centre ``--gap-offset`` pixels from the Bragg peak on both detector axes, in both modes
 (or the one ``--mode`` names):
 
@@ -20,6 +21,7 @@ deviation to the model's (the paper's claim: at least 5x).
 
     .venv/bin/python benchmarks/bench_validation_seeds.py [--seeds 0 1 2 3 4] [--widths 3 6 9 12]
         [--size 48] [--gap-offset 4] [--stride 16] [--threads 1] [--mode both|oracle|pr]
+        [--counts 1e6|none]
         [--name validation_seeds_X] [--reports DIR] [--quick]
 
 Writes ``benchmarks/results/validation_seeds.json`` (``validation_seeds_quick.json`` with
@@ -52,6 +54,7 @@ def _run(args: dict) -> dict:
     load0 = round(os.getloadavg()[0], 2)
     rep = validate(seed=args["seed"], size=args["size"], gap=f"cross:{widths[0]}",
                    gap_offset=args["gap_offset"], mode=args.get("mode", "both"), widths=widths,
+                   counts=args.get("counts", 1e6),
                    methods=args["methods"], progress=False,
                    inpaint_options={"num_threads": args["threads"], "stride": args["stride"]})
     seconds = time.perf_counter() - t0
@@ -157,6 +160,8 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     ap.add_argument("--mode", default="both", choices=("both", "oracle", "pr"))
+    ap.add_argument("--counts", type=lambda v: None if v.lower() == "none" else float(v), default=1e6,
+                    help="peak photons of the Poisson noise; 'none': noiseless (the paper's section 2.6.1)")
     ap.add_argument("--name", default=None, help="results file name (default validation_seeds[_quick])")
     ap.add_argument("--reports", default=None, help="also write each seed's report under DIR/seed<N>/")
     ap.add_argument("--quick", action="store_true", help="seed 0, widths 6 and 9")
@@ -169,12 +174,13 @@ def main(argv=None) -> int:
     payload = {"machine": C.machine(),
                "config": {"seeds": opts.seeds, "widths": opts.widths, "size": opts.size,
                           "gap": "cross", "gap_offset": opts.gap_offset, "stride": opts.stride,
-                          "threads": opts.threads, "methods": opts.methods, "mode": opts.mode},
+                          "threads": opts.threads, "methods": opts.methods, "mode": opts.mode,
+                          "counts": opts.counts},
                "runs": []}
     for seed in opts.seeds:
         args = {"seed": seed, "widths": opts.widths, "size": opts.size, "gap_offset": opts.gap_offset,
                 "stride": opts.stride, "threads": opts.threads, "methods": opts.methods, "mode": opts.mode,
-                "reports": opts.reports}
+                "counts": opts.counts, "reports": opts.reports}
         result = C.run_child(__file__, args, timeout=3600)
         print(f"seed {seed}: " + (f"{result['seconds']} s" if "error" not in result else result["error"]),
               flush=True)
