@@ -115,7 +115,7 @@ from bcdi_gapfill.inpaint import CLASSICAL_METHODS
 
 __all__ = ["GAPFILL_DEFAULTS", "REPORT_DEFAULTS", "load_config", "split_config", "check_gapfill_settings",
            "check_report_settings", "run_bcdi_preprocessing", "write_simulated_id01bliss_scan",
-           "add_bcdi_preprocess_parser", "cmd_bcdi_preprocess"]
+           "add_bcdi_preprocess_parser", "cmd_bcdi_preprocess", "UnsupportedBcdiError"]
 
 #: The keys of the ``gapfill:`` section and their defaults.
 GAPFILL_DEFAULTS: dict[str, Any] = {
@@ -134,6 +134,11 @@ GAPFILL_DEFAULTS: dict[str, Any] = {
     "overwrite": False,
 }
 _METHODS = ("model", *CLASSICAL_METHODS)
+
+
+class UnsupportedBcdiError(RuntimeError):
+    """The installed bcdi does not save its PyNX pair the way this stage hooks into (bcdi 0.3.1);
+    the CLI reports it in one line, like other input errors."""
 #: The keys of the ``report:`` section and their defaults: the scan workflows' phasing settings
 #: and the output directory.
 REPORT_DEFAULTS: dict[str, Any] = {**pipeline.DEFAULT_CONFIG["phasing"], "out_dir": None}
@@ -360,7 +365,7 @@ def _stage_after_bcdi_save(process_scan_module: Any, on_saved: Callable[[Any, Pa
         def save_mask(filename: str) -> None:
             bcdi_save_mask(filename)
             if "data" not in saved:
-                raise RuntimeError("bcdi saved a mask before its data: this bcdi version is not supported")
+                raise UnsupportedBcdiError("bcdi saved a mask before its data: this bcdi version is not supported")
             # numpy.savez_compressed adds .npz to a name without it
             on_saved(analysis, _npz_path(saved["data"]), _npz_path(filename))
 
@@ -523,7 +528,7 @@ def run_bcdi_preprocessing(config: str | os.PathLike | Mapping[str, Any], *,
             handler.close()
         plt.interactive(was_interactive)
     if len(results) != len(prm["scans"]):
-        raise RuntimeError(f"bcdi processed {len(prm['scans'])} scans but saved {len(results)} PyNX pairs: the "
+        raise UnsupportedBcdiError(f"bcdi processed {len(prm['scans'])} scans but saved {len(results)} PyNX pairs: the "
                            "stage could not be inserted (unsupported bcdi version?)")
     for result in results:
         result.update(report_dir=None, report_json=None, report_html=None)
@@ -671,7 +676,7 @@ def main(argv: list[str] | None = None, *, prog: str | None = None,
                 print(f"wrote a simulated scan to {raw}")
         results = run_bcdi_preprocessing(config_file, command_line_args=cli_args,
                                          gapfill={"overwrite": True} if overwrite else None, progress=True)
-    except (ValueError, TypeError, OSError, ImportError, KeyError) as exc:
+    except (ValueError, TypeError, OSError, ImportError, KeyError, UnsupportedBcdiError) as exc:
         print(f"{parser.prog}: error: {exc}", file=sys.stderr)
         return 2
     _print_results(results)

@@ -360,3 +360,19 @@ def test_command_reports_config_errors_in_one_line(tmp_path, capsys):
     config.write_text(yaml.safe_dump({"scans": 1, "gapfill": {"batchsize": 4}}))
     assert cli.main(["bcdi-preprocess", str(config)]) == 2
     assert "did you mean 'batch_size'?" in capsys.readouterr().err
+
+
+def test_unsupported_bcdi_is_a_one_line_error(tmp_path, monkeypatch, capsys):
+    from bcdi_gapfill import bcdi_preprocess, cli
+
+    def unsupported(*args, **kwargs):
+        raise bcdi_preprocess.UnsupportedBcdiError("bcdi saved a mask before its data: this bcdi version is "
+                                                   "not supported")
+    monkeypatch.setattr(bcdi_preprocess, "run_bcdi_preprocessing", unsupported)
+    config = tmp_path / "scan.yml"
+    config.write_text(yaml.safe_dump({"scans": 1}))
+    assert cli.main(["bcdi-preprocess", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("bcdi-gapfill bcdi-preprocess: error: bcdi saved a mask") and "Traceback" not in err
+    assert bcdi_preprocess.main(["--config_file", str(config)], prog="wf") == 2
+    assert capsys.readouterr().err.startswith("wf: error: bcdi saved a mask")
