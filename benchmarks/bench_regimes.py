@@ -14,6 +14,10 @@ crystals with the fringes progressively blurred:
   6-pixel chip cross near the peak) with the crystal's fringe period drawn in a given range
   (the evaluation's scans use 4-9 pixels).
 
+With ``--portions N`` it also runs the paper's Table 1 protocol (`bcdi_gapfill.evaluate.portion_table`:
+N held-out 32^3 portions, a vertical gap in the middle, in-gap PCC of log1p) on portions cut
+from patterns of each ``coherence_sigma`` (seeds 200000..., ten portions per pattern).
+
 Fills: linear interpolation of the counts (the issue's zero of headroom), linear interpolation
 of log1p (the evaluation's zero), the log-biharmonic fill, and the shipped model (whole-array
 prefill, stride 16). Scores over every gap voxel: in-gap PCC of log1p against the noisy truth
@@ -22,6 +26,7 @@ the noise-free expectation, as issue 11 defines it.
 
     .venv/bin/python benchmarks/bench_regimes.py [--seeds 300000 300001 300002 300003]
         [--sigmas 0 1 2] [--widths 3 6 9 12] [--scans 3] [--periods 4,9 9,16] [--threads 1]
+        [--portions 1000]
 """
 from __future__ import annotations
 
@@ -69,6 +74,33 @@ def _summary(case: str, rows: list[dict]) -> dict:
     return entry
 
 
+def _portion_rows(sigma: float, n_portions: int, widths: list[int], model) -> list[dict]:
+    """Table 1 on portions of held-out patterns simulated with this ``coherence_sigma``."""
+    import numpy as np
+    from bcdi_gapfill.dataset import PortionBank, portions_from_array
+    from bcdi_gapfill.evaluate import TEST_FIRST_SEED, portion_table
+    from bcdi_gapfill.simulate import simulate_pattern
+
+    banks, seed = [], TEST_FIRST_SEED
+    while sum(len(b) for b in banks) < n_portions:
+        pattern = simulate_pattern(128, seed, coherence_sigma=sigma)
+        banks.append(portions_from_array(pattern.counts, pattern.expected, 10, np.random.default_rng(seed + 7_000_000),
+                                         float(np.mean(pattern.metadata["oversampling"]))))
+        seed += 1
+    table = portion_table(PortionBank.concatenate(banks), {"model": model}, widths, n_portions)
+    rows = []
+    for i, width in enumerate(widths):
+        row = {"case": f"portions, sigma {sigma:g}, width {width}", "portions": table["n_portions"],
+               "ceiling": table["ceiling"][i], "signal_portions": table["n_signal"][i],
+               "ceiling_signal": table["ceiling_signal"][i]}
+        for name in ("linear", "biharmonic", "model"):
+            row[f"{name}_pcc"] = table["methods"][name]["pcc"][i]
+            row[f"{name}_pcc_signal"] = table["methods"][name]["pcc_signal"][i]
+        rows.append(row)
+        print(" ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()), flush=True)
+    return rows
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", type=int, nargs="*", default=[300000, 300001, 300002, 300003])
@@ -81,6 +113,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--stride", type=int, default=16)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--weights", default=None)
+    ap.add_argument("--portions", type=int, default=0,
+                    help="also run Table 1 on this many held-out portions per coherence_sigma")
     ap.add_argument("--name", default="regimes")
     opts = ap.parse_args(argv)
 
@@ -92,7 +126,7 @@ def main(argv=None) -> dict:
     torch.set_num_threads(opts.threads)
     model, info = load_model(opts.weights, "cpu")
     rows, summary = [], []
-    for sigma in opts.sigmas:
+    for sigma in (opts.sigmas if opts.seeds else []):
         for seed in opts.seeds:
             pattern = simulate_pattern(128, seed, coherence_sigma=sigma)
             for width in opts.widths:
@@ -125,14 +159,19 @@ def main(argv=None) -> dict:
                     f"{m} {row[m + '_headroom']:.3f}" for m in FILLS), flush=True)
             scan_rows += sel
             summary.append(_summary(f"cdiutils scans, fringe period {low:g}-{high:g} px", sel))
+    portion_rows = [row for sigma in (opts.sigmas if opts.portions else [])
+                    for row in _portion_rows(sigma, opts.portions, opts.widths, model)]
     columns = ([("case", "case"), ("arrays", "arrays"), ("ceiling", "ceiling")]
                + [(m, f"headroom {m}") for m in FILLS] + [("model_above_biharmonic", "model > biharmonic")]
                + [(f"{m}_s", f"s {m}") for m in ("biharmonic", "model")])
     text = C.table(summary, columns)
-    print(text)
+    tables = {"summary": text}
+    if portion_rows:
+        tables["portions"] = C.table(portion_rows, [(k, k.replace("_", " ")) for k in portion_rows[0]])
+    print("\n\n".join(tables.values()))
     payload = {"machine": C.machine(), "options": vars(opts), "weights": info.get("weights"),
                "weights_sha256": info.get("sha256"), "rows": rows, "scan_rows": scan_rows, "summary": summary,
-               "tables": {"summary": text}}
+               "portion_rows": portion_rows, "tables": tables}
     C.save(opts.name, payload)
     return payload
 
