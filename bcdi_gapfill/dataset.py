@@ -25,7 +25,7 @@ from torch.utils.data import Dataset
 __all__ = [
     "WINDOW", "MIN_SCALE", "log_normalise", "log_denormalise", "choose_portions", "portion_gap_mask",
     "PortionBank", "build_portion_bank", "signal_pcc", "select_portions", "cached_portion_bank",
-    "GapPortionDataset", "portions_from_array",
+    "GapPortionDataset", "portions_from_array", "peak_portion_corners", "PLACEMENTS",
 ]
 
 WINDOW = 32
@@ -165,6 +165,24 @@ def portions_from_array(counts: np.ndarray, expected: np.ndarray | None, n: int,
     w = WINDOW
     if exclude_mask is not None:
         corners = [c for c in corners if not exclude_mask[c[0]:c[0] + w, c[1]:c[1] + w, c[2]:c[2] + w].any()][:n]
+    return _cut_portions(counts, expected, corners, oversampling)
+
+
+def peak_portion_corners(intensity: np.ndarray, n: int, rng: np.random.Generator, radius: int = 24,
+                         window: int = WINDOW) -> list[tuple[int, int, int]]:
+    """Corners of ``n`` portions centred within ``radius`` voxels (on each axis, uniformly) of
+    the brightest voxel of ``intensity``, clipped to the array: the bright fringes around the
+    Bragg peak, which a detector gap near the peak crosses and `choose_portions` samples rarely."""
+    dims = np.array(intensity.shape)
+    if np.any(dims < window):
+        raise ValueError(f"array shape {tuple(dims)} is smaller than the {window}^3 window")
+    peak = np.array(np.unravel_index(np.argmax(intensity), intensity.shape))
+    return [tuple(int(v) for v in np.clip(peak + rng.integers(-radius, radius + 1, size=3) - window // 2,
+                                          0, dims - window)) for _ in range(n)]
+
+
+def _cut_portions(counts: np.ndarray, expected: np.ndarray | None, corners, oversampling: float) -> PortionBank:
+    w = WINDOW
     target = counts if expected is None else expected
     lc = np.stack([np.log1p(counts[f:f + w, r:r + w, c:c + w]) for f, r, c in corners]) if corners else \
         np.zeros((0, w, w, w), np.float32)
@@ -174,21 +192,34 @@ def portions_from_array(counts: np.ndarray, expected: np.ndarray | None, n: int,
                        np.full(len(corners), oversampling, np.float32))
 
 
-def _simulated_bank(args: tuple[int, int, int]) -> PortionBank:
+PLACEMENTS = ("periphery", "peak")
+
+
+def _simulated_bank(args: tuple) -> PortionBank:
     from bcdi_gapfill.simulate import simulate_pattern
-    seed, size, n = args
+    seed, size, n, placement = (*args, "periphery")[:4]
     pattern = simulate_pattern(size, seed)
+    oversampling = float(np.mean(pattern.metadata["oversampling"]))
+    if placement == "peak":
+        corners = peak_portion_corners(pattern.expected, n, np.random.default_rng(seed + 9_000_000))
+        return _cut_portions(pattern.counts, pattern.expected, corners, oversampling)
     rng = np.random.default_rng(seed + 7_000_000)
-    return portions_from_array(pattern.counts, pattern.expected, n, rng,
-                               float(np.mean(pattern.metadata["oversampling"])))
+    return portions_from_array(pattern.counts, pattern.expected, n, rng, oversampling)
 
 
 def build_portion_bank(n_patterns: int, *, first_seed: int = 0, size: int = 128,
                        portions_per_pattern: int = 10, workers: int = 1,
-                       progress: bool = True) -> PortionBank:
-    """Simulate ``n_patterns`` patterns (seeds first_seed..) and cut portions from each."""
+                       progress: bool = True, placement: str = "periphery") -> PortionBank:
+    """Simulate ``n_patterns`` patterns (seeds first_seed..) and cut portions from each.
+
+    ``placement``: ``"periphery"`` (`choose_portions`, the paper's preference for peripheral,
+    lower-intensity regions) or ``"peak"`` (`peak_portion_corners`, within 24 voxels of the
+    Bragg peak).
+    """
     from tqdm import tqdm
-    jobs = [(first_seed + i, size, portions_per_pattern) for i in range(n_patterns)]
+    if placement not in PLACEMENTS:
+        raise ValueError(f"placement must be one of {PLACEMENTS}, got {placement!r}")
+    jobs = [(first_seed + i, size, portions_per_pattern, placement) for i in range(n_patterns)]
     if workers > 1:
         from multiprocessing import get_context
         with get_context("spawn").Pool(workers) as pool:
@@ -200,14 +231,18 @@ def build_portion_bank(n_patterns: int, *, first_seed: int = 0, size: int = 128,
 
 
 def cached_portion_bank(n_patterns: int, first_seed: int, size: int = 128,
-                        cache_dir: str | Path | None = "runs/cache", workers: int | None = None) -> PortionBank:
-    """`build_portion_bank`, cached on disk by (size, first seed, count) so reruns and resumed
-    trainings do not simulate again."""
+                        cache_dir: str | Path | None = "runs/cache", workers: int | None = None, *,
+                        portions_per_pattern: int = 10, placement: str = "periphery") -> PortionBank:
+    """`build_portion_bank`, cached on disk by (size, first seed, count, placement) so reruns
+    and resumed trainings do not simulate again."""
     import os
-    cache = Path(cache_dir) / f"sim_{size}_{first_seed}_{n_patterns}.h5" if cache_dir else None
+    suffix = "" if (placement, portions_per_pattern) == ("periphery", 10) else \
+        f"_{placement}{portions_per_pattern}"
+    cache = Path(cache_dir) / f"sim_{size}_{first_seed}_{n_patterns}{suffix}.h5" if cache_dir else None
     if cache is not None and cache.exists():
         return PortionBank.load(cache)
-    bank = build_portion_bank(n_patterns, first_seed=first_seed, size=size, workers=workers or os.cpu_count() or 1)
+    bank = build_portion_bank(n_patterns, first_seed=first_seed, size=size, workers=workers or os.cpu_count() or 1,
+                              portions_per_pattern=portions_per_pattern, placement=placement)
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
         bank.save(cache)

@@ -50,6 +50,11 @@ class TrainConfig:
     val_first_seed: int = 100_000
     cache_dir: str | None = "runs/cache"  # simulated portion banks are cached here by seed range
     user_data: list[str] = field(default_factory=list)  # measured arrays to cut portions from
+    # Extra simulated patterns (seeds peak_first_seed, ...) cut near the Bragg peak
+    # (`dataset.peak_portion_corners`), where whole-array gaps cross the brightest fringes.
+    simulate_peak: int = 0
+    peak_first_seed: int = 600
+    peak_portions_per_pattern: int = 8
     widths: list[int] = field(default_factory=lambda: [3, 6, 9, 12])
     cross_probability: float = 0.3
     # Most peripheral simulated portions are Poisson-noise dominated: nothing in their gap is
@@ -161,8 +166,14 @@ def _atomic_torch_save(obj: Any, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def _banks(paths: list[str], n_sim: int, first_seed: int, size: int, cache_dir: str | None) -> PortionBank:
+def _banks(paths: list[str], n_sim: int, first_seed: int, size: int, cache_dir: str | None,
+           peak: tuple[int, int, int] = (0, 0, 0)) -> PortionBank:
+    """Files, then the near-peak simulated bank (``peak`` = patterns, first seed, portions per
+    pattern), then the simulated bank, in this order (the order fixes the shuffles)."""
     banks = [PortionBank.load(p) for p in paths]
+    if peak[0]:
+        banks.append(cached_portion_bank(peak[0], peak[1], size, cache_dir, portions_per_pattern=peak[2],
+                                         placement="peak"))
     if n_sim:
         banks.append(cached_portion_bank(n_sim, first_seed, size, cache_dir))
     if not banks:
@@ -211,7 +222,8 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> dict:
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
 
-    train_bank = _banks(cfg.train_data, cfg.simulate_train, cfg.train_first_seed, cfg.simulate_size, cfg.cache_dir)
+    train_bank = _banks(cfg.train_data, cfg.simulate_train, cfg.train_first_seed, cfg.simulate_size, cfg.cache_dir,
+                        (cfg.simulate_peak, cfg.peak_first_seed, cfg.peak_portions_per_pattern))
     if cfg.user_data:
         from bcdi_gapfill.dataset import portions_from_array
         from bcdi_gapfill.io import load_array

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from bcdi_gapfill.dataset import (GapPortionDataset, MIN_SCALE, PortionBank, choose_portions, log_denormalise,
-                                  log_normalise, portion_gap_mask)
+                                  log_normalise, peak_portion_corners, portion_gap_mask)
 
 
 def test_log_normalise_round_trip_numpy_and_torch():
@@ -53,6 +53,35 @@ def test_choose_portions_never_empty_and_prefers_periphery():
                                   for f, r, c in np.random.default_rng(1).integers(0, 97, (400, 3)))
                if (b > 0).mean() >= 0.02]
     assert np.median(means) < np.median(uniform)
+
+
+def test_peak_portion_corners_centre_near_the_peak_and_stay_inside():
+    intensity = np.zeros((64, 80, 96))
+    intensity[40, 10, 70] = 5.0  # near an edge: windows must be clipped, not shifted out
+    corners = peak_portion_corners(intensity, 200, np.random.default_rng(0), radius=12)
+    assert len(corners) == 200
+    for f, r, c in corners:
+        assert 0 <= f <= 32 and 0 <= r <= 48 and 0 <= c <= 64
+        # Unclipped axes: the window centre is within the radius of the peak.
+        assert abs(f + 16 - 40) <= 12 and abs(c + 16 - 70) <= 12
+    rows = {r for _, r, _ in corners}
+    assert 0 in rows and rows <= set(range(7))  # row 10 - 16 + (-12..12), clipped at 0
+    assert len({f for f, _, _ in corners}) > 10  # and the offsets do vary
+    with pytest.raises(ValueError, match="smaller than"):
+        peak_portion_corners(np.ones((16, 64, 64)), 3, np.random.default_rng(0))
+
+
+def test_peak_bank_is_cached_apart(tmp_path):
+    from bcdi_gapfill.dataset import build_portion_bank, cached_portion_bank
+    peak = cached_portion_bank(2, 5, 64, tmp_path, workers=1, portions_per_pattern=6, placement="peak")
+    periphery = cached_portion_bank(2, 5, 64, tmp_path, workers=1)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sim_64_5_2.h5", "sim_64_5_2_peak6.h5"]
+    assert len(peak) == 12
+    again = cached_portion_bank(2, 5, 64, tmp_path, portions_per_pattern=6, placement="peak")
+    assert np.array_equal(again.log_counts, peak.log_counts)
+    assert not np.array_equal(peak.log_counts[:6], periphery.log_counts[:6])
+    with pytest.raises(ValueError, match="placement"):
+        build_portion_bank(1, size=64, placement="centre")
 
 
 def test_choose_portions_refuses_small_arrays():

@@ -117,3 +117,26 @@ def test_training_with_prefill_worker_and_signal_subset(tmp_path, tiny_bank):
                       min_signal_pcc=0.5, noise_keep_fraction=0.5, loader_workers=1)
     metrics = train(cfg, progress=False)
     assert metrics["step"] == 2 and "val_pcc_prefill" in metrics
+
+
+def test_near_peak_portions_join_the_training_bank(tmp_path, tiny_bank, capsys):
+    bank = _bank_file(tmp_path, tiny_bank)
+    cfg = TrainConfig(out_dir=str(tmp_path / "run"), model=TINY, train_data=[bank], batch_size=4, epochs=1,
+                      max_steps=1, cache_dir=str(tmp_path / "cache"), simulate_size=64, simulate_peak=1,
+                      peak_first_seed=3, peak_portions_per_pattern=4, min_signal_pcc=-1.0)
+    train(cfg, progress=False)
+    assert (tmp_path / "cache" / "sim_64_3_1_peak4.h5").exists()
+    # 16 portions of the file and 4 cut near the peak, all kept by a signal threshold of -1.
+    assert f"training on {len(tiny_bank) + 4} of {len(tiny_bank) + 4} portions" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("name", ["train_default", "train_paper", "train_peak_finetune"])
+def test_shipped_training_recipes_load(name):
+    from pathlib import Path
+
+    from bcdi_gapfill.model import CONFIGS, UNetConfig, build_model
+    cfg = load_train_config(Path(__file__).resolve().parents[1] / "workflows" / f"{name}.yml")
+    model_cfg = CONFIGS[cfg.model] if isinstance(cfg.model, str) else UNetConfig(**cfg.model)
+    assert build_model(model_cfg) is not None and cfg.simulate_train > 0
+    if cfg.init_weights:  # a starting point every clone has
+        assert (Path(__file__).resolve().parents[1] / cfg.init_weights).is_file()
