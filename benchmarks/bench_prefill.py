@@ -15,7 +15,7 @@ the evaluation (`bcdi_gapfill.scans.cdiutils_scan_set(N, 0)`: another simulator,
 frame, the real chip cross near the peak), scored against the scan's gap-free counts.
 
     .venv/bin/python benchmarks/bench_prefill.py [--seeds 300000 300001 300002 300003]
-        [--widths 3 6 9 12] [--stride 16] [--threads 1] [--scans 3] [--name prefill_test]
+        [--widths 3 6 9 12] [--stride 16] [--threads 1] [--scans 3] [--flips] [--name prefill_test]
 
 Seeds: the evaluation's whole-array seeds start at 300000 (never seen in training); the
 choice of the default was made on validation seeds 100000-100004 (``--name prefill_val``).
@@ -33,7 +33,7 @@ import _common as C  # noqa: E402
 METHODS = ("linear", "biharmonic", "model_window", "model_global")
 
 
-def _score(counts, truth, expected, gap, model, stride: int) -> dict:
+def _score(counts, truth, expected, gap, model, stride: int, flips: bool = False) -> dict:
     """Every fill of METHODS on one array: in-gap PCC against the noisy truth and the
     noise-free expectation, headroom, seconds."""
     from bcdi_gapfill.inpaint import inpaint
@@ -42,7 +42,7 @@ def _score(counts, truth, expected, gap, model, stride: int) -> dict:
     row = {"load1_before": C.machine()["loadavg"][0], "ceiling": float(pcc_gap(truth, expected, gap))}
     for method in METHODS:
         kw = ({"method": method} if not method.startswith("model") else
-              {"model": model, "stride": stride, "prefill": method.split("_")[1]})
+              {"model": model, "stride": stride, "prefill": method.split("_")[1], "flips": flips})
         t0 = time.perf_counter()
         filled = inpaint(counts, gap, **kw)
         row[f"{method}_seconds"] = time.perf_counter() - t0
@@ -75,6 +75,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--weights", default=None)
     ap.add_argument("--scans", type=int, default=0, help="cdiutils-simulated Maxipix scans (needs cdiutils)")
+    ap.add_argument("--flips", action="store_true", help="the model fills with test-time flips (inpaint flips=True)")
     ap.add_argument("--name", default="prefill_test")
     opts = ap.parse_args(argv)
 
@@ -91,7 +92,7 @@ def main(argv=None) -> dict:
         for width in opts.widths:
             gap, _ = whole_array_gap(opts.size, width, seed)
             row = {"seed": seed, "width": width,
-                   **_score(pattern.counts, pattern.counts, pattern.expected, gap, model, opts.stride)}
+                   **_score(pattern.counts, pattern.counts, pattern.expected, gap, model, opts.stride, opts.flips)}
             rows.append(row)
             print(f"seed {seed} width {width:2d}: " + "  ".join(
                 f"{m} {row[m + '_headroom']:.3f} ({row[m + '_seconds']:.1f} s)" for m in METHODS), flush=True)
@@ -102,7 +103,7 @@ def main(argv=None) -> dict:
         from bcdi_gapfill.scans import cdiutils_scan_set
         for scan in cdiutils_scan_set(opts.scans, 0):
             row = {"scan": scan.name, **_score(scan.counts, scan.truth, scan.expected, scan.gap_mask, model,
-                                                opts.stride)}
+                                                opts.stride, opts.flips)}
             scan_rows.append(row)
             print(f"{scan.name}: " + "  ".join(f"{m} {row[m + '_headroom']:.3f}" for m in METHODS), flush=True)
         per_width.append(_summary("cdiutils scans", scan_rows))
