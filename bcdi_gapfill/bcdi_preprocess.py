@@ -139,6 +139,8 @@ _METHODS = ("model", *CLASSICAL_METHODS)
 class UnsupportedBcdiError(RuntimeError):
     """The installed bcdi does not save its PyNX pair the way this stage hooks into (bcdi 0.3.1);
     the CLI reports it in one line, like other input errors."""
+
+
 #: The keys of the ``report:`` section and their defaults: the scan workflows' phasing settings
 #: and the output directory.
 REPORT_DEFAULTS: dict[str, Any] = {**pipeline.DEFAULT_CONFIG["phasing"], "out_dir": None}
@@ -365,7 +367,8 @@ def _stage_after_bcdi_save(process_scan_module: Any, on_saved: Callable[[Any, Pa
         def save_mask(filename: str) -> None:
             bcdi_save_mask(filename)
             if "data" not in saved:
-                raise UnsupportedBcdiError("bcdi saved a mask before its data: this bcdi version is not supported")
+                raise UnsupportedBcdiError("bcdi saved a mask before its data: this bcdi version is not "
+                                           "supported")
             # numpy.savez_compressed adds .npz to a name without it
             on_saved(analysis, _npz_path(saved["data"]), _npz_path(filename))
 
@@ -528,8 +531,8 @@ def run_bcdi_preprocessing(config: str | os.PathLike | Mapping[str, Any], *,
             handler.close()
         plt.interactive(was_interactive)
     if len(results) != len(prm["scans"]):
-        raise UnsupportedBcdiError(f"bcdi processed {len(prm['scans'])} scans but saved {len(results)} PyNX pairs: the "
-                           "stage could not be inserted (unsupported bcdi version?)")
+        raise UnsupportedBcdiError(f"bcdi processed {len(prm['scans'])} scans but saved {len(results)} PyNX "
+                                   "pairs: the stage could not be inserted (unsupported bcdi version?)")
     for result in results:
         result.update(report_dir=None, report_json=None, report_html=None)
         if report is not None:

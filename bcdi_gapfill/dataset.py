@@ -195,9 +195,9 @@ def _cut_portions(counts: np.ndarray, expected: np.ndarray | None, corners, over
 PLACEMENTS = ("periphery", "peak")
 
 
-def _simulated_bank(args: tuple) -> PortionBank:
+def _simulated_bank(args: tuple[int, int, int, str]) -> PortionBank:
     from bcdi_gapfill.simulate import simulate_pattern
-    seed, size, n, placement = (*args, "periphery")[:4]
+    seed, size, n, placement = args
     pattern = simulate_pattern(size, seed)
     oversampling = float(np.mean(pattern.metadata["oversampling"]))
     if placement == "peak":
