@@ -2,7 +2,8 @@
 
 Issue 11 measured the log-biharmonic fill closing 0.87 / 0.66 / 0.44 of the headroom (widths
 3-6 / 9 / 12) on its 128^3 arrays and 0.93 on its cdiutils scans; on the project's held-out
-arrays and scans it closes 0.35-0.39. The headroom a smooth fill can close depends on how
+arrays and scans it closes 0.35-0.39 from log-linear interpolation (0.37-0.46 from count-linear,
+the issue's zero, in this script's table). The headroom a smooth fill can close depends on how
 smooth the pattern is across the gap, so this script measures the same fills on the same
 crystals with the fringes progressively blurred:
 
