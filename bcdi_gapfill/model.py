@@ -6,10 +6,13 @@ Two configurations share one class:
   32, 64, 128, 256; block 1 concatenates its input with four kernel-3 convolutions at
   dilations (4, 3, 2, 1), block 2 with four kernel-2 convolutions at dilations (3, 2, 2, 1),
   each branch a quarter of the block's filters; one kernel-2 convolution in blocks 3-4; each
-  block then max-pools and applies LeakyReLU(0.2). Decoder blocks concatenate the skip, apply
-  a transposed convolution (kernel 2, stride 1) and upsample. Final convolutions of 24
-  (kernel 4), 12 (kernel 3), 6 (kernel 2) filters and a 1x1 convolution with a sigmoid of
-  slope 1.5. One input channel (the masked log-normalised portion).
+  block then max-pools and applies LeakyReLU(0.2); the pooled map is the skip. The decoder,
+  as in their code: a transposed convolution (kernel 2, stride 1) of the 2^3 bottleneck to
+  478 channels, upsampled; then three blocks that concatenate the skip of encoder blocks 3, 2,
+  1, apply a transposed convolution (kernel 2, stride 1; 222, 96, 32 filters) and upsample,
+  each followed by LeakyReLU(0.2). Final convolutions of 24 (kernel 4), 12 (kernel 3), 6
+  (kernel 2) filters and a 1x1 convolution with a sigmoid of slope 1.5. One input channel (the
+  masked log-normalised portion).
 
 * ``gapfill`` (our default): the same U-Net topology (dilated concatenations in the first two
   encoder blocks, plain convolutions in the last two, LeakyReLU 0.2, three extra
@@ -45,6 +48,8 @@ class UNetConfig:
     dilations: Sequence[Sequence[int]] = ((1, 2, 3, 4), (1, 2, 3, 4), (), ())
     convs_per_block: int = 2
     decoder: str = "upsample_conv"  # or "paper": concat, transposed conv (k2, s1), upsample
+    # Filters of the decoder blocks, bottom-up; empty: the encoder's filters in reverse.
+    decoder_filters: Sequence[int] = ()
     final_filters: Sequence[int] = (8, 8, 8)
     final_kernels: Sequence[int] = (3, 3, 3)
     head: str = "residual"  # "sigmoid" (paper) or "residual" (correction added to the prefill)
@@ -56,8 +61,9 @@ class UNetConfig:
     prefill_iterations: int = 80
     prefill_init: str = "linear"  # start of the CG iterations: "linear" (across-gap) or "zero"
     window: int = 32
-    # Weight initialisation: "kaiming" (He, for LeakyReLU 0.2) or "default" (PyTorch's, with
-    # which the shipped weights before version 0.2 were trained).
+    # Weight initialisation: "kaiming" (He, for LeakyReLU 0.2), "glorot" (Keras' default,
+    # which the authors' TensorFlow code used) or "default" (PyTorch's, with which the shipped
+    # weights before version 0.2 were trained).
     init: str = "kaiming"
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -70,6 +76,7 @@ CONFIGS: dict[str, UNetConfig] = {
     "paper": UNetConfig(
         name="paper", in_channels=1, filters=(32, 64, 128, 256), kernels=(3, 2, 2, 2),
         dilations=((4, 3, 2, 1), (3, 2, 2, 1), (), ()), convs_per_block=1, decoder="paper",
+        decoder_filters=(478, 222, 96, 32), init="glorot",
         final_filters=(24, 12, 6), final_kernels=(4, 3, 2), head="sigmoid", sigmoid_slope=1.5,
         prefill="zero"),
     "gapfill": UNetConfig(),
@@ -179,13 +186,19 @@ class PatchUNet(nn.Module):
             skip_channels.append(block.out_channels)
             c = block.out_channels
         self.decoders = nn.ModuleList()
+        decoder_filters = list(cfg.decoder_filters) or list(reversed(list(cfg.filters)))
+        if len(decoder_filters) != len(cfg.filters):
+            raise ValueError(f"decoder_filters {list(cfg.decoder_filters)} needs one entry per encoder block "
+                             f"({len(cfg.filters)})")
         if paper:
-            # Bottom-up: concat(x, skip at the same size), transposed conv k2 s1, upsample x2.
-            for skip_c, filters in zip(reversed(skip_channels), reversed(list(cfg.filters))):
+            # Bottom-up: the bottleneck alone (the last block's pooled map is the input, not
+            # also a skip), then concat(x, skip at the same size); each a transposed conv k2 s1
+            # and an upsampling x2.
+            for skip_c, filters in zip([0, *reversed(skip_channels[:-1])], decoder_filters):
                 self.decoders.append(nn.ConvTranspose3d(c + skip_c, filters, 2, stride=1))
                 c = filters
         else:
-            for skip_c, filters in zip(reversed(skip_channels), reversed(list(cfg.filters))):
+            for skip_c, filters in zip(reversed(skip_channels), decoder_filters):
                 self.decoders.append(nn.Sequential(
                     nn.Conv3d(c + skip_c, filters, 3, padding="same"), _act(),
                     nn.Conv3d(filters, filters, 3, padding="same"), _act()))
@@ -196,6 +209,13 @@ class PatchUNet(nn.Module):
             c = filters
         self.final = nn.Sequential(*final)
         self.head = nn.Conv3d(c, 1, 1)
+        if cfg.init not in ("kaiming", "glorot", "default"):
+            raise ValueError(f"unknown init {cfg.init!r}; choose 'kaiming', 'glorot' or 'default'")
+        if cfg.init == "glorot":
+            for module in self.modules():
+                if isinstance(module, (nn.Conv3d, nn.ConvTranspose3d)):
+                    nn.init.xavier_uniform_(module.weight)
+                    nn.init.zeros_(module.bias)
         if cfg.init == "kaiming":
             # PyTorch's default convolution init shrinks the signal at every layer; through
             # the ~20 convolutions of this U-Net (no normalisation layers) the features under
@@ -221,10 +241,11 @@ class PatchUNet(nn.Module):
         for enc in self.encoders:
             h, skip = enc(h)
             skips.append(skip)
-        for dec, skip in zip(self.decoders, reversed(skips)):
-            if self.config.decoder == "paper":
+        paper = self.config.decoder == "paper"
+        for dec, skip in zip(self.decoders, [None, *reversed(skips[:-1])] if paper else reversed(skips)):
+            if paper:
                 # Transposed conv k2 s1 grows each axis by one; keep the first D voxels ('same').
-                h = dec(torch.cat([h, skip], dim=1))[..., :-1, :-1, :-1]
+                h = dec(h if skip is None else torch.cat([h, skip], dim=1))[..., :-1, :-1, :-1]
                 h = F.interpolate(F.leaky_relu(h, 0.2), scale_factor=2, mode="nearest")
             else:
                 h = F.interpolate(h, size=skip.shape[-3:], mode="trilinear", align_corners=False)
@@ -232,7 +253,8 @@ class PatchUNet(nn.Module):
         return h
 
     def forward(self, x: torch.Tensor, gap: torch.Tensor | None = None,
-                base: torch.Tensor | None = None) -> torch.Tensor:
+                base: torch.Tensor | None = None, return_logits: bool = False
+                ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Predict the full portion.
 
         Parameters
@@ -243,6 +265,10 @@ class PatchUNet(nn.Module):
         base : (N, 1, D, H, W) float tensor, optional
             ``self.prefill(x[:, :1], gap)`` computed beforehand (training computes it in the
             data-loading worker, off the optimisation thread); computed here when absent.
+        return_logits : bool
+            Also return the head's raw output (N, 1, D, H, W), before the sigmoid or the
+            residual's tanh bound: training penalises sigmoid logits that leave the live range
+            (`bcdi_gapfill.train.logit_penalty`).
         """
         if gap is None:
             if self.config.in_channels < 2:
@@ -254,17 +280,18 @@ class PatchUNet(nn.Module):
         # Channels-last 3D puts CPU convolutions on oneDNN's fast path (backward ~7x faster
         # measured here); the layout does not change the arithmetic.
         h = h.contiguous(memory_format=torch.channels_last_3d)
-        out = self.head(self.final(self.trunk(h)))
+        logits = self.head(self.final(self.trunk(h)))
         if self.config.head == "sigmoid":
-            return torch.sigmoid(self.config.sigmoid_slope * out)
-        bound = self.config.residual_bound
-        out = base + (bound * torch.tanh(out / bound) if bound else out)
-        if self.training:
-            return out
-        # At most the window's measured maximum (1), or the base where the base is brighter:
-        # a base computed over the whole array may rise above the window's maximum where the
-        # gap hides the Bragg peak, and a cap at 1 would flatten the peak.
-        return torch.minimum(out.clamp_min(0.0), base.clamp_min(1.0))
+            out = torch.sigmoid(self.config.sigmoid_slope * logits)
+        else:
+            bound = self.config.residual_bound
+            out = base + (bound * torch.tanh(logits / bound) if bound else logits)
+            if not self.training:
+                # At most the window's measured maximum (1), or the base where the base is
+                # brighter: a base computed over the whole array may rise above the window's
+                # maximum where the gap hides the Bragg peak, and a cap at 1 would flatten it.
+                out = torch.minimum(out.clamp_min(0.0), base.clamp_min(1.0))
+        return (out, logits) if return_logits else out
 
 
 def compute_prefill(log_norm: torch.Tensor, gap: torch.Tensor, config: UNetConfig) -> torch.Tensor:

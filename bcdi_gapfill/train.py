@@ -4,7 +4,9 @@ Loss = w_mae * MAE + w_ssim * (1 - SSIM_3D) + w_grad * MAE of the finite-differe
 gradients (paper section 2.3). The losses compare the *composite* portion (measured voxels
 kept, gap voxels predicted) with the composite truth (measured voxels, and the noise-free
 expectation inside the gap), so that they measure the gap and how it joins its borders;
-the MAE term is taken over gap voxels only.
+the MAE term is taken over gap voxels only. Sigmoid-head models (the paper's) can add
+`logit_penalty` and start their output at ``initial_output``: without both, the paper's
+network collapsed to a zero output on our portions (docs/benchmarks.md).
 
 Adam (lr 1e-3) with ReduceLROnPlateau on the validation loss, gradient clipping, fixed
 seeds, a tqdm progress bar, a CSV metrics log per epoch, checkpoints written atomically
@@ -32,7 +34,7 @@ from bcdi_gapfill.dataset import (GapPortionDataset, PortionBank, cached_portion
                                   signal_pcc)
 from bcdi_gapfill.model import UNetConfig, build_model, compute_prefill, CONFIGS
 
-__all__ = ["TrainConfig", "gap_loss", "train", "load_train_config", "evaluate_loss"]
+__all__ = ["TrainConfig", "gap_loss", "logit_penalty", "train", "load_train_config", "evaluate_loss"]
 
 
 @dataclass
@@ -78,6 +80,15 @@ class TrainConfig:
     w_mae: float = 1.0
     w_ssim: float = 1.0
     w_grad: float = 1.0
+    # Sigmoid-head models only (the paper's): weight of `logit_penalty`, which keeps the
+    # head's logits within +-logit_bound. Without it the paper's network collapsed to a zero
+    # output on our data at every learning rate tried (docs/benchmarks.md); 0 turns it off.
+    w_logit: float = 0.0
+    logit_bound: float = 4.0
+    # Sigmoid-head models only: the output at initialisation (the head's bias set to its
+    # logit), e.g. the mean in-gap target. None keeps the architecture's init (an output of 0.5,
+    # ten times the ~0.05 typical of log-normalised portions).
+    initial_output: float | None = None
     checkpoint_every: int = 100
     init_weights: str | None = None  # start from these weights (best.pt / exported file) when no checkpoint
     seed: int = 0
@@ -124,6 +135,31 @@ def gap_loss(pred: torch.Tensor, target: torch.Tensor, gap: torch.Tensor, measur
     grad = sum((gp - gt).abs().mean() for gp, gt in zip(_gradients(comp_pred), _gradients(comp_true))) / 3
     total = w_mae * mae + w_ssim * (1 - ssim_val) + w_grad * grad
     return total, {"mae": float(mae.detach()), "ssim": float(ssim_val.detach()), "grad": float(grad.detach())}
+
+
+def logit_penalty(logits: torch.Tensor, bound: float = 4.0) -> torch.Tensor:
+    """Mean squared excess of the head's logits beyond +-``bound`` (0 inside).
+
+    Most in-gap targets of log-normalised portions are near 0, the conditional median that
+    MAE pulls towards; a sigmoid reaches it only at logits of -infinity. Unchecked, the whole
+    output slides there within a few Adam steps, the sigmoid saturates, and no gradient ever
+    brings it back (the paper architecture's collapse here). Inside +-bound the loss is the
+    paper's; the output can still approach sigmoid(slope * -bound), 0.0025 with the paper's
+    slope 1.5 and bound 4.
+    """
+    return (F.relu(logits.abs() - bound) ** 2).mean()
+
+
+def _set_initial_output(model: torch.nn.Module, value: float) -> None:
+    """Set a sigmoid head's bias so that its output starts at ``value`` where the features
+    under it are zero (the usual init of an output layer for a skewed target)."""
+    cfg = model.config
+    if cfg.head != "sigmoid":
+        raise ValueError(f"initial_output needs a sigmoid head; model {cfg.name!r} has a {cfg.head!r} head")
+    if not 0 < value < 1:
+        raise ValueError(f"initial_output must lie strictly between 0 and 1, got {value}")
+    with torch.no_grad():
+        model.head.bias.fill_(math.log(value / (1 - value)) / cfg.sigmoid_slope)
 
 
 def _batch_pcc(pred: torch.Tensor, target: torch.Tensor, gap: torch.Tensor) -> torch.Tensor:
@@ -254,6 +290,8 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> dict:
 
     # channels-last 3D puts CPU convolutions on oneDNN's fast path (3x faster backward here).
     model = build_model(model_cfg).to(device, memory_format=torch.channels_last_3d)
+    if cfg.initial_output is not None:
+        _set_initial_output(model, cfg.initial_output)
     net = torch.nn.parallel.DistributedDataParallel(model) if distributed else model
     optimiser = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimiser, factor=cfg.lr_factor,
@@ -287,6 +325,7 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> dict:
                                 "torch_rng": torch.get_rng_state(), "loader_rng": generator.get_state(),
                                 "model_config": model_cfg.to_dict()}, ckpt_path)
 
+    penalise_logits = cfg.w_logit > 0 and model_cfg.head == "sigmoid"
     start = time.time() - state["elapsed_s"]
     steps_per_epoch = len(train_loader)
     metrics: dict = {}
@@ -304,8 +343,12 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> dict:
                 continue
             inputs, target, gap = (t.to(device) for t in batch[:3])
             base = batch[3].to(device) if len(batch) > 3 else None
-            pred = net(inputs.to(memory_format=torch.channels_last_3d), gap, base)
+            pred, logits = net(inputs.to(memory_format=torch.channels_last_3d), gap, base, return_logits=True)
             loss, parts = gap_loss(pred, target, gap, inputs[:, :1], cfg.w_mae, cfg.w_ssim, cfg.w_grad)
+            if penalise_logits:
+                penalty = logit_penalty(logits, cfg.logit_bound)
+                loss = loss + cfg.w_logit * penalty
+                parts["logit"] = float(penalty.detach())
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)

@@ -27,11 +27,32 @@ def test_paper_configuration_layers():
     assert [b.dilation[0] for b in second.branches] == [3, 2, 2, 1] and second.branches[0].kernel_size == (2, 2, 2)
     finals = [m for m in model.final if isinstance(m, nn.Conv3d)]
     assert [m.out_channels for m in finals] == [24, 12, 6] and [m.kernel_size[0] for m in finals] == [4, 3, 2]
+    # The authors' decoder: the 2^3 bottleneck alone to 478 channels, then the pooled skips of
+    # encoder blocks 3, 2, 1 (128, 33 + 64, 1 + 32 channels) concatenated before 222, 96, 32.
+    assert [(d.in_channels, d.out_channels, d.kernel_size[0]) for d in model.decoders] == \
+        [(256, 478, 2), (478 + 128, 222, 2), (222 + 97, 96, 2), (96 + 33, 32, 2)]
+    assert cfg.init == "glorot"
     x = torch.rand(2, 1, 32, 32, 32)
     gap = torch.zeros(2, 1, 32, 32, 32, dtype=torch.bool)
     with torch.no_grad():
         out = model.eval()(x, gap)
     assert out.shape == (2, 1, 32, 32, 32) and 0 <= float(out.min()) and float(out.max()) <= 1
+
+
+def test_bad_init_or_decoder_filters_are_refused():
+    with pytest.raises(ValueError, match="unknown init 'xavier'"):
+        build_model({**SMALL, "init": "xavier"})
+    with pytest.raises(ValueError, match="one entry per encoder block"):
+        build_model({**SMALL, "decoder_filters": [8, 8]})
+
+
+def test_glorot_init_matches_keras_bounds():
+    model = build_model({**SMALL, "init": "glorot"})
+    conv = model.encoders[2].body[0]
+    fan_in, fan_out = conv.weight[0].numel(), conv.weight.shape[0] * conv.weight[0, 0].numel()
+    bound = (6 / (fan_in + fan_out)) ** 0.5
+    assert float(conv.weight.abs().max()) <= bound and float(conv.weight.abs().max()) > 0.9 * bound
+    assert float(conv.bias.abs().max()) == 0
 
 
 def test_one_channel_model_needs_gap():
@@ -73,3 +94,21 @@ def test_config_round_trip():
     cfg = CONFIGS["gapfill"]
     model = build_model(cfg.to_dict())
     assert isinstance(model, PatchUNet) and model.config.to_dict() == cfg.to_dict()
+
+
+@pytest.mark.parametrize("name", ["gapfill", "paper"])
+def test_forward_returns_the_head_logits_on_request(name):
+    model = build_model(CONFIGS[name]).train()
+    x = torch.rand(2, model.config.in_channels, 32, 32, 32)
+    gap = torch.zeros(2, 1, 32, 32, 32, dtype=torch.bool)
+    gap[..., 14:20] = True
+    if model.config.in_channels > 1:
+        x[:, 1] = gap[:, 0].float()
+    with torch.no_grad():
+        out, logits = model(x, gap, return_logits=True)
+        torch.testing.assert_close(out, model(x, gap))
+    if model.config.head == "sigmoid":
+        torch.testing.assert_close(out, torch.sigmoid(model.config.sigmoid_slope * logits))
+    else:
+        # Residual head: zero-initialised, so its logits start at 0 and the output is the prefill.
+        assert float(logits.abs().max()) == 0.0

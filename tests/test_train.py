@@ -140,3 +140,57 @@ def test_shipped_training_recipes_load(name):
     assert build_model(model_cfg) is not None and cfg.simulate_train > 0
     if cfg.init_weights:  # a starting point every clone has
         assert (Path(__file__).resolve().parents[1] / cfg.init_weights).is_file()
+
+
+def test_logit_penalty_is_zero_inside_the_bound_and_pulls_back_outside():
+    from bcdi_gapfill.train import logit_penalty
+    inside = torch.tensor([-3.9, 0.0, 2.0, 3.9])
+    assert float(logit_penalty(inside, 4.0)) == 0.0
+    outside = torch.tensor([-6.0, 0.0, 5.0, 0.0], requires_grad=True)
+    penalty = logit_penalty(outside, 4.0)
+    assert float(penalty.detach()) == pytest.approx((2.0 ** 2 + 1.0 ** 2) / 4)
+    penalty.backward()
+    # The gradient moves a too-negative logit up, a too-positive one down, the others not at all.
+    assert outside.grad[0] < 0 < outside.grad[2] and outside.grad[1] == 0 == outside.grad[3]
+
+
+def _sigmoid_training(tmp_path, tiny_bank, name, **extra):
+    """TINY sigmoid model, Adam at a learning rate that makes its output run away; returns the
+    head's logits on the training portions afterwards."""
+    from bcdi_gapfill.model import PatchUNet, UNetConfig
+    bank = _bank_file(tmp_path, tiny_bank)
+    cfg = TrainConfig(out_dir=str(tmp_path / name), model=TINY, train_data=[bank], batch_size=4, epochs=40,
+                      max_steps=20, lr=1e-2, checkpoint_every=1000, cache_dir=None, widths=[6], **extra)
+    train(cfg, progress=False)
+    ckpt = torch.load(tmp_path / name / "checkpoint.pt", weights_only=False)
+    model = PatchUNet(UNetConfig(**ckpt["model_config"]))
+    model.load_state_dict(ckpt["model"])
+    inputs, _, gap = next(iter(DataLoader(GapPortionDataset(tiny_bank, (6,), augment=False, fixed=True),
+                                          batch_size=len(tiny_bank))))
+    with torch.no_grad():
+        _, logits = model.eval()(inputs[:, :model.config.in_channels], gap, return_logits=True)
+    return logits
+
+
+def test_logit_penalty_keeps_a_sigmoid_head_out_of_saturation(tmp_path, tiny_bank):
+    free = _sigmoid_training(tmp_path, tiny_bank, "free")
+    bounded = _sigmoid_training(tmp_path, tiny_bank, "bounded", w_logit=1.0, logit_bound=4.0,
+                                initial_output=0.05)
+    # Without the penalty the logits run far past the sigmoid's live range (its gradient is
+    # then ~0 and nothing brings them back); with it they stay near +-4.
+    assert float(free.abs().max()) > 20
+    assert float(bounded.abs().max()) < 8
+
+
+def test_initial_output_sets_the_sigmoid_head_bias(tmp_path, tiny_bank):
+    from bcdi_gapfill.model import build_model
+    from bcdi_gapfill.train import _set_initial_output
+    model = build_model(TINY)
+    _set_initial_output(model, 0.05)
+    features = torch.zeros(1, model.head.in_channels, 1, 1, 1)
+    out = torch.sigmoid(model.config.sigmoid_slope * model.head(features))
+    assert float(out) == pytest.approx(0.05, rel=1e-5)
+    with pytest.raises(ValueError, match="strictly between 0 and 1"):
+        _set_initial_output(model, 1.0)
+    with pytest.raises(ValueError, match="needs a sigmoid head"):
+        _set_initial_output(build_model({"filters": [4, 8, 8, 8], "final_filters": [4, 4, 4]}), 0.05)
