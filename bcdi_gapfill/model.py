@@ -27,6 +27,7 @@ normalised log intensity in 0..1 (see `bcdi_gapfill.dataset.log_normalise`).
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from typing import Any, Sequence
 
 import torch
@@ -209,22 +210,19 @@ class PatchUNet(nn.Module):
             c = filters
         self.final = nn.Sequential(*final)
         self.head = nn.Conv3d(c, 1, 1)
-        if cfg.init not in ("kaiming", "glorot", "default"):
+        # PyTorch's default convolution init shrinks the signal at every layer; through the
+        # ~20 convolutions of this U-Net (no normalisation layers) the features under the head
+        # came out ~1e-3 of the input, and a residual head on them could not learn (a batch of
+        # 16 did not overfit in 60 steps). He init for LeakyReLU(0.2) keeps the activations at
+        # the input's scale; Glorot is what the authors' Keras layers used.
+        init_weight = {"kaiming": partial(nn.init.kaiming_normal_, a=0.2, nonlinearity="leaky_relu"),
+                       "glorot": nn.init.xavier_uniform_, "default": None}
+        if cfg.init not in init_weight:
             raise ValueError(f"unknown init {cfg.init!r}; choose 'kaiming', 'glorot' or 'default'")
-        if cfg.init == "glorot":
+        if init_weight[cfg.init] is not None:
             for module in self.modules():
                 if isinstance(module, (nn.Conv3d, nn.ConvTranspose3d)):
-                    nn.init.xavier_uniform_(module.weight)
-                    nn.init.zeros_(module.bias)
-        if cfg.init == "kaiming":
-            # PyTorch's default convolution init shrinks the signal at every layer; through
-            # the ~20 convolutions of this U-Net (no normalisation layers) the features under
-            # the head came out ~1e-3 of the input, and a residual head on them could not
-            # learn (a batch of 16 did not overfit in 60 steps). He init for LeakyReLU(0.2)
-            # keeps the activations at the input's scale.
-            for module in self.modules():
-                if isinstance(module, (nn.Conv3d, nn.ConvTranspose3d)):
-                    nn.init.kaiming_normal_(module.weight, a=0.2, nonlinearity="leaky_relu")
+                    init_weight[cfg.init](module.weight)
                     nn.init.zeros_(module.bias)
         if cfg.head == "residual":
             # Start as the identity on the prefill: the correction is zero at initialisation.
