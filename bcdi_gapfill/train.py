@@ -80,7 +80,7 @@ class TrainConfig:
     w_mae: float = 1.0
     w_ssim: float = 1.0
     w_grad: float = 1.0
-    # Sigmoid-head models only (the paper's): weight of `logit_penalty`, which keeps the
+    # Sigmoid-head models only (the paper's; refused for others): weight of `logit_penalty`, which keeps the
     # head's logits within +-logit_bound. Without it the paper's network collapsed to a zero
     # output on our data at every learning rate tried (docs/benchmarks.md); 0 turns it off.
     w_logit: float = 0.0
@@ -148,6 +148,18 @@ def logit_penalty(logits: torch.Tensor, bound: float = 4.0) -> torch.Tensor:
     slope 1.5 and bound 4.
     """
     return (F.relu(logits.abs() - bound) ** 2).mean()
+
+
+def _check_logit_options(cfg: TrainConfig, head: str) -> None:
+    """Refuse logit options that would do nothing, before any data is simulated."""
+    if not (math.isfinite(cfg.w_logit) and cfg.w_logit >= 0):
+        raise ValueError(f"w_logit must be a finite number >= 0, got {cfg.w_logit}")
+    if not (math.isfinite(cfg.logit_bound) and cfg.logit_bound > 0):
+        raise ValueError(f"logit_bound must be a finite number > 0, got {cfg.logit_bound}")
+    if head != "sigmoid":
+        for name, used in (("w_logit", cfg.w_logit > 0), ("initial_output", cfg.initial_output is not None)):
+            if used:
+                raise ValueError(f"{name} needs a sigmoid head; model {cfg.model!r} has a {head!r} head")
 
 
 def _set_initial_output(model: torch.nn.Module, value: float) -> None:
@@ -240,6 +252,8 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> dict:
     """
     from tqdm import tqdm
 
+    model_cfg = CONFIGS[cfg.model] if isinstance(cfg.model, str) else UNetConfig(**cfg.model)
+    _check_logit_options(cfg, model_cfg.head)
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
     if distributed:
         torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
@@ -274,7 +288,6 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> dict:
         if val_bank is not None:
             val_bank = _signal_subset(val_bank, cfg.min_signal_pcc, cfg.noise_keep_fraction, cfg.seed + 1, rank)
 
-    model_cfg = CONFIGS[cfg.model] if isinstance(cfg.model, str) else UNetConfig(**cfg.model)
     prefill = partial(compute_prefill, config=model_cfg) \
         if cfg.loader_workers and model_cfg.prefill != "zero" else None
     train_set = GapPortionDataset(train_bank, cfg.widths, cross_probability=cfg.cross_probability,
@@ -325,7 +338,7 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> dict:
                                 "torch_rng": torch.get_rng_state(), "loader_rng": generator.get_state(),
                                 "model_config": model_cfg.to_dict()}, ckpt_path)
 
-    penalise_logits = cfg.w_logit > 0 and model_cfg.head == "sigmoid"
+    penalise_logits = cfg.w_logit > 0
     start = time.time() - state["elapsed_s"]
     steps_per_epoch = len(train_loader)
     metrics: dict = {}

@@ -194,3 +194,17 @@ def test_initial_output_sets_the_sigmoid_head_bias(tmp_path, tiny_bank):
         _set_initial_output(model, 1.0)
     with pytest.raises(ValueError, match="needs a sigmoid head"):
         _set_initial_output(build_model({"filters": [4, 8, 8, 8], "final_filters": [4, 4, 4]}), 0.05)
+
+
+@pytest.mark.parametrize("extra, message", [
+    ({"w_logit": 1.0}, "w_logit needs a sigmoid head"),
+    ({"initial_output": 0.05}, "initial_output needs a sigmoid head"),
+    ({"w_logit": -1.0}, "w_logit must be"),
+    ({"logit_bound": 0.0}, "logit_bound must be"),
+])
+def test_logit_options_refused_where_they_would_do_nothing(tmp_path, extra, message):
+    # The default model has a residual head: the penalty would be skipped silently.
+    cfg = TrainConfig(out_dir=str(tmp_path / "never"), train_data=[str(tmp_path / "missing.h5")], **extra)
+    with pytest.raises(ValueError, match=message):
+        train(cfg, progress=False)
+    assert not (tmp_path / "never").exists()
