@@ -104,12 +104,6 @@ def _need(module: str, extra: str = "batch") -> Any:
 
 
 # ------------------------------------------------------------------------------ configuration
-def _check_keys(section: Mapping, known: tuple[str, ...] | Mapping, where: str) -> None:
-    unknown = sorted(set(section) - set(known))
-    if unknown:
-        raise ValueError(f"unknown keys in {where}: {unknown}; known: {sorted(known)}")
-
-
 def _positive_int(value: Any, name: str, *, allow_none: bool = False, minimum: int = 1) -> int | None:
     if value is None and allow_none:
         return None
@@ -138,7 +132,7 @@ def _check_cluster(raw: Any) -> dict[str, Any]:
         raise ValueError(f"cluster must be a mapping, got {raw!r}")
     kind = raw.get("kind", "local")
     if kind == "local":
-        _check_keys(raw, _LOCAL_KEYS, "cluster (kind: local)")
+        gio.check_config_keys(raw, _LOCAL_KEYS, "cluster (kind: local)")
         cluster = {"kind": "local", "n_workers": _positive_int(raw.get("n_workers"), "cluster.n_workers",
                                                                allow_none=True),
                    "threads_per_worker": _positive_int(raw.get("threads_per_worker", 1),
@@ -149,7 +143,7 @@ def _check_cluster(raw: Any) -> dict[str, Any]:
                 cluster[key] = raw[key]
         return cluster
     if kind == "slurm":
-        _check_keys(raw, _SLURM_DEFAULTS, "cluster (kind: slurm)")
+        gio.check_config_keys(raw, _SLURM_DEFAULTS, "cluster (kind: slurm)")
         cluster = {**_SLURM_DEFAULTS, **raw}
         cluster["cores"] = _positive_int(cluster["cores"], "cluster.cores")
         if not isinstance(cluster["memory"], str) or not cluster["memory"].strip():
@@ -169,7 +163,7 @@ def _check_cluster(raw: Any) -> dict[str, Any]:
             cluster[key] = _string_list(cluster[key], f"cluster.{key}")
         return cluster
     if kind == "address":
-        _check_keys(raw, _ADDRESS_KEYS, "cluster (kind: address)")
+        gio.check_config_keys(raw, _ADDRESS_KEYS, "cluster (kind: address)")
         address = raw.get("address")
         if not isinstance(address, str) or not address:
             raise ValueError(f"cluster.address must be a scheduler address such as 'tcp://host:8786', got "
@@ -185,7 +179,7 @@ def _check_gapfill(raw: Any) -> dict[str, Any]:
     raw = {} if raw is None else raw
     if not isinstance(raw, Mapping):
         raise ValueError(f"gapfill must be a mapping, got {raw!r}")
-    _check_keys(raw, _GAPFILL_DEFAULTS, "gapfill")
+    gio.check_config_keys(raw, _GAPFILL_DEFAULTS, "gapfill")
     settings = {**_GAPFILL_DEFAULTS, **raw}
     if settings["method"] != "model" and settings["method"] not in CLASSICAL_METHODS:
         raise ValueError(f"gapfill.method must be 'model' or one of {CLASSICAL_METHODS}, got {settings['method']!r}")
@@ -245,7 +239,7 @@ def load_series_config(config: str | os.PathLike | Mapping[str, Any]) -> dict[st
         raise TypeError(f"config must be a YAML path or a mapping, got {type(config).__name__}")
     if not isinstance(raw, Mapping):
         raise ValueError(f"{where} must hold a mapping of settings, got {type(raw).__name__}")
-    _check_keys(raw, _TOP_KEYS, where)
+    gio.check_config_keys(raw, _TOP_KEYS, where)
     for key in ("input", "out_dir"):
         if not isinstance(raw.get(key), str) or not raw[key]:
             raise ValueError(f"{where}: '{key}' must be given as a path string, got {raw.get(key)!r}")

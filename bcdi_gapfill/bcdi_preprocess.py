@@ -203,16 +203,6 @@ def _int_list_or_none(settings: dict, key: str, n: int) -> None:
     settings[key] = [int(v) for v in value]
 
 
-def _refuse_unknown_keys(section: Mapping[str, Any], known: Mapping[str, Any], name: str) -> None:
-    unknown = [key for key in section if key not in known]
-    if unknown:
-        hints = []
-        for key in unknown:
-            close = difflib.get_close_matches(str(key), list(known), n=1)
-            hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
-        raise ValueError(f"unknown {name} keys: {', '.join(hints)}; known: {sorted(known)}")
-
-
 def _section_settings(section: Mapping[str, Any] | None, defaults: Mapping[str, Any], name: str) -> dict[str, Any]:
     """A section of our own in the bcdi YAML, its keys checked, completed with ``defaults``."""
     if section is None:
@@ -220,7 +210,7 @@ def _section_settings(section: Mapping[str, Any] | None, defaults: Mapping[str, 
     if not isinstance(section, Mapping):
         raise TypeError(f"the {name} section must be a mapping of settings, got {type(section).__name__}: "
                         f"{section!r}")
-    _refuse_unknown_keys(section, defaults, name)
+    gio.check_config_keys(section, defaults, f"the {name} section")
     return {**defaults, **{key: _none(value) for key, value in section.items()}}
 
 

@@ -21,6 +21,7 @@ leaves a partial output behind.
 from __future__ import annotations
 
 import contextlib
+import difflib
 import json
 import os
 import tempfile
@@ -48,6 +49,7 @@ __all__ = [
     "atomic_write_bytes",
     "atomic_write_text",
     "file_sha256",
+    "check_config_keys",
 ]
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -837,3 +839,20 @@ def file_sha256(path: PathLike) -> str:
         for block in iter(lambda: fh.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def check_config_keys(section: Mapping[str, Any], known: Iterable[str], where: str) -> None:
+    """Refuse the keys of a configuration ``section`` that nothing reads.
+
+    A misspelt key would otherwise fall back silently to its default. The error names each
+    unknown key with the closest known one, e.g. ``unknown keys in the gapfill section:
+    'strid' (did you mean 'stride'?); known: [...]``.
+    """
+    known = sorted(str(k) for k in known)
+    unknown = [key for key in section if str(key) not in known]
+    if unknown:
+        hints = []
+        for key in unknown:
+            close = difflib.get_close_matches(str(key), known, n=1)
+            hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+        raise ValueError(f"unknown keys in {where}: {', '.join(hints)}; known: {known}")

@@ -141,12 +141,6 @@ def _merge(config: dict, parts: list[str], value: Any) -> None:
     node[parts[-1]] = value
 
 
-def _check_keys(given: Mapping, known: Mapping, where: str) -> None:
-    unknown = sorted(set(given) - set(known))
-    if unknown:
-        raise ValueError(f"unknown keys in {where}: {unknown}; known: {sorted(known)}")
-
-
 def _int_at_least(value: Any, name: str, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
@@ -195,13 +189,13 @@ def load_workflow_config(config: str | os.PathLike | Mapping[str, Any] | None = 
     for item in overrides:
         parts, value = _parse_override(item)
         _merge(raw, parts, value)
-    _check_keys(raw, DEFAULT_CONFIG, where)
+    gio.check_config_keys(raw, DEFAULT_CONFIG, where)
     cfg = copy.deepcopy(DEFAULT_CONFIG)
     for key, value in raw.items():
         if key in _SECTIONS and value is not None:
             if not isinstance(value, Mapping):
                 raise ValueError(f"{key} in {where} must be a section (a mapping), got {value!r}")
-            _check_keys(value, _SECTIONS[key], f"the {key} section of {where}")
+            gio.check_config_keys(value, _SECTIONS[key], f"the {key} section of {where}")
             base = copy.deepcopy(_SECTIONS[key]) if key == "simulate" else cfg[key]
             base.update(value)
             cfg[key] = base

@@ -32,6 +32,7 @@ from torch.utils.data import DataLoader
 
 from bcdi_gapfill.dataset import (GapPortionDataset, PortionBank, cached_portion_bank, select_portions,
                                   signal_pcc)
+from bcdi_gapfill.io import check_config_keys
 from bcdi_gapfill.model import UNetConfig, build_model, compute_prefill, CONFIGS
 
 __all__ = ["TrainConfig", "gap_loss", "logit_penalty", "train", "load_train_config", "evaluate_loss"]
@@ -101,10 +102,7 @@ def load_train_config(path: str | Path) -> TrainConfig:
     import yaml
     with open(path) as fh:
         raw = yaml.safe_load(fh) or {}
-    known = set(TrainConfig.__dataclass_fields__)
-    unknown = set(raw) - known
-    if unknown:
-        raise ValueError(f"unknown keys in training config {path}: {sorted(unknown)}; known: {sorted(known)}")
+    check_config_keys(raw, TrainConfig.__dataclass_fields__, f"training config {path}")
     return TrainConfig(**raw)
 
 

@@ -51,7 +51,7 @@ def test_split_config_strips_gapfill_and_fills_defaults():
 
 
 @pytest.mark.parametrize("config, error, match", [
-    ({"gapfill": {"strid": 8}}, ValueError, r"unknown gapfill keys: 'strid' \(did you mean 'stride'\?\)"),
+    ({"gapfill": {"strid": 8}}, ValueError, r"unknown keys in the gapfill section: 'strid' \(did you mean 'stride'\?\)"),
     ({"gap_fill": {"stride": 8}}, ValueError, "misspelt 'gapfill' section"),
     ({"GapFill": {}}, ValueError, "misspelt 'gapfill' section"),
     ({"gapfill": [1, 2]}, TypeError, "gapfill section must be a mapping"),
@@ -91,8 +91,8 @@ def test_report_settings_defaults_and_split():
 
 
 @pytest.mark.parametrize("section, gapfill, error, match", [
-    ({"n_start": 1}, None, ValueError, r"unknown report keys: 'n_start' \(did you mean 'n_starts'\?\)"),
-    ({"out": "x"}, None, ValueError, r"unknown report keys: 'out' \(did you mean 'out_dir'\?\)"),
+    ({"n_start": 1}, None, ValueError, r"unknown keys in the report section: 'n_start' \(did you mean 'n_starts'\?\)"),
+    ({"out": "x"}, None, ValueError, r"unknown keys in the report section: 'out' \(did you mean 'out_dir'\?\)"),
     ([1], None, TypeError, "report section must be a mapping"),
     ({"n_starts": 0}, None, ValueError, r"report\.n_starts must be an integer >= 1, got 0"),
     ({"n_starts": 1, "n_average": 2}, None, ValueError, r"report\.n_average \(2\) cannot exceed"),
@@ -111,7 +111,7 @@ def test_report_errors_come_before_bcdi(tmp_path, monkeypatch):
     """A bad report: stops the run before bcdi is imported; a misspelt section name is refused."""
     monkeypatch.setitem(sys.modules, "bcdi.preprocessing.preprocessing_runner", None)
     monkeypatch.delattr(sys.modules.get("bcdi.preprocessing"), "preprocessing_runner", raising=False)
-    with pytest.raises(ValueError, match="unknown report keys: 'n_start'"):
+    with pytest.raises(ValueError, match="unknown keys in the report section: 'n_start'"):
         bp.run_bcdi_preprocessing(_config(tmp_path, report={"n_start": 1}))
     with pytest.raises(ValueError, match="misspelt 'report' section"):
         bp.split_config({"scans": 1, "reports": TINY_PHASING})

@@ -360,3 +360,12 @@ def test_cxi_and_npz_output_are_read_by_bcdi(tmp_path, stack):
     save_array(tmp_path / "out.npz", data, mask=mask, attrs={"a": 1})
     np.testing.assert_array_equal(utilities.load_file(str(tmp_path / "out.cxi"))[0], data)
     np.testing.assert_array_equal(utilities.load_file(str(tmp_path / "out.npz"))[0], data)
+
+
+def test_check_config_keys_names_each_unknown_key_with_a_hint():
+    from bcdi_gapfill.io import check_config_keys
+    check_config_keys({"stride": 8}, ("stride", "batch_size"), "the gapfill section")  # known: no error
+    with pytest.raises(ValueError, match=r"unknown keys in the gapfill section: 'strid' \(did you mean "
+                                         r"'stride'\?\), 'zzz'; known: \['batch_size', 'stride'\]"):
+        check_config_keys({"strid": 8, "stride": 4, "zzz": 1}, {"stride": 16, "batch_size": 4},
+                          "the gapfill section")
