@@ -21,7 +21,7 @@ deviation to the model's (the paper's claim: at least 5x).
 
     .venv/bin/python benchmarks/bench_validation_seeds.py [--seeds 0 1 2 3 4] [--widths 3 6 9 12]
         [--size 48] [--gap-offset 4] [--stride 16] [--threads 1] [--mode both|oracle|pr]
-        [--counts 1e6|none]
+        [--counts 1e6|none] [--oversampling 3]
         [--name validation_seeds_X] [--reports DIR] [--quick]
 
 Writes ``benchmarks/results/validation_seeds.json`` (``validation_seeds_quick.json`` with
@@ -56,6 +56,7 @@ def _run(args: dict) -> dict:
                    gap_offset=args["gap_offset"], mode=args.get("mode", "both"), widths=widths,
                    counts=args.get("counts", 1e6),
                    methods=args["methods"], progress=False,
+                   simulate_options={"oversampling": args.get("oversampling", 3.0)},
                    inpaint_options={"num_threads": args["threads"], "stride": args["stride"]})
     seconds = time.perf_counter() - t0
     if args.get("reports"):
@@ -162,6 +163,9 @@ def main(argv=None) -> int:
     ap.add_argument("--mode", default="both", choices=("both", "oracle", "pr"))
     ap.add_argument("--counts", type=lambda v: None if v.lower() == "none" else float(v), default=1e6,
                     help="peak photons of the Poisson noise; 'none': noiseless (the paper's section 2.6.1)")
+    ap.add_argument("--oversampling", type=float, default=3.0,
+                    help="linear oversampling asked of simulate_pattern (validate's default 3; the crystal "
+                         "is --size / this wide, so keep --size / --oversampling near 16 to compare)")
     ap.add_argument("--name", default=None, help="results file name (default validation_seeds[_quick])")
     ap.add_argument("--reports", default=None, help="also write each seed's report under DIR/seed<N>/")
     ap.add_argument("--quick", action="store_true", help="seed 0, widths 6 and 9")
@@ -175,12 +179,12 @@ def main(argv=None) -> int:
                "config": {"seeds": opts.seeds, "widths": opts.widths, "size": opts.size,
                           "gap": "cross", "gap_offset": opts.gap_offset, "stride": opts.stride,
                           "threads": opts.threads, "methods": opts.methods, "mode": opts.mode,
-                          "counts": opts.counts},
+                          "counts": opts.counts, "oversampling": opts.oversampling},
                "runs": []}
     for seed in opts.seeds:
         args = {"seed": seed, "widths": opts.widths, "size": opts.size, "gap_offset": opts.gap_offset,
                 "stride": opts.stride, "threads": opts.threads, "methods": opts.methods, "mode": opts.mode,
-                "counts": opts.counts, "reports": opts.reports}
+                "counts": opts.counts, "oversampling": opts.oversampling, "reports": opts.reports}
         result = C.run_child(__file__, args, timeout=3600)
         print(f"seed {seed}: " + (f"{result['seconds']} s" if "error" not in result else result["error"]),
               flush=True)
