@@ -229,7 +229,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--counts", type=float, default=1e6, help="peak photon count of the Poisson noise")
     p.add_argument("--sweep", default=None, help="gap widths to sweep, e.g. 3,6,9,12")
     p.add_argument("--methods", default=None,
-                   help="comma-separated (also hybrid, model+gp, biharmonic+gp, gp), default: the six classic ones")
+                   help="comma-separated (also hybrid, model+gp, biharmonic+gp, gp), default: inpaint, "
+                        "inpaint+release, biharmonic, free_pixels, zero_fill, linear_interp, no_gap")
     p.add_argument("--starts", type=int, default=4, help="random starts of phase retrieval")
     p.add_argument("--out", required=True)
     p.add_argument("--overwrite", action="store_true")

@@ -1,9 +1,12 @@
 """Embedded phase retrieval for 3D BCDI in PyTorch (CPU or CUDA), with an optional PyNX backend.
 
 It exists to show, in real space, what a gap does to a reconstruction and what inpainting
-restores (paper section 2.6 and supplement S7): the voxels of the gap are either left free
-during phase retrieval (``free_mask``, the "free pixels" baseline) or constrained to the
-inpainted intensity.
+restores (paper section 2.6 and supplement S7): the voxels of the gap are left free during
+phase retrieval (``free_mask``, the "free pixels" baseline), constrained to the inpainted
+intensity (given as data), or *released* (``estimated_mask``): constrained to the inpainted
+intensity at the first iteration and free at the last, so that the fill guides the search
+for the object and the measured voxels and the oversampling decide its end
+(docs/benchmarks.md, "Releasing the fill during phase retrieval").
 
 The operators compose as in PyNX::
 
@@ -229,6 +232,17 @@ class CDIState:
     free_mask : ndarray of bool, same shape, optional
         Voxels not constrained by the modulus projection (detector gaps, bad pixels): their
         calculated amplitude is kept as is and they do not enter the LLK.
+    estimated_mask : ndarray of bool, same shape, optional
+        Voxels whose ``intensity`` is an estimate (an inpainted gap), not a measurement. They
+        never enter the LLK. The modulus projection pulls them towards the estimate with a
+        weight ``w``: ``|F| <- w sqrt(I_est) + (1 - w) |F|`` (1: constrained like data, 0:
+        free); ``w`` is 1 unless ``release_iterations`` lowers it.
+    release_iterations : int, optional
+        With ``estimated_mask``: the iterative operators lower ``w`` linearly from 1 at
+        iteration 0 to 0 at iteration ``release_iterations - 1`` (in steps of 1/32), so
+        that the estimate steers the first iterations (support, shape) and the measured
+        voxels and the oversampling decide the end, as for free pixels.
+        :func:`phase_retrieval` sets it to the length of the algorithm.
     support : ndarray of bool, same shape, optional
         Initial support, object centred in the array. Default: the whole array (use
         :class:`InitSupportAutocorrelation`).
@@ -266,7 +280,8 @@ class CDIState:
     """
 
     def __init__(self, intensity: Any, *, free_mask: Any = None, support: Any = None, obj: Any = None,
-                 device: str | torch.device | None = None, llk_every: int = 20) -> None:
+                 device: str | torch.device | None = None, llk_every: int = 20,
+                 estimated_mask: Any = None, release_iterations: int | None = None) -> None:
         iobs = _check_array(intensity, "intensity")
         if iobs.ndim not in (2, 3):
             raise ValueError(f"intensity must be 2D or 3D (frames, rows, columns), got shape {iobs.shape}")
@@ -280,6 +295,15 @@ class CDIState:
         free = np.zeros(shape, bool) if free_mask is None else _check_mask(free_mask, "free_mask", shape)
         if free.all():
             raise ValueError("free_mask leaves no constrained voxel")
+        estimated = (np.zeros(shape, bool) if estimated_mask is None
+                     else _check_mask(estimated_mask, "estimated_mask", shape) & ~free)
+        if (free | estimated).all():
+            raise ValueError("free_mask and estimated_mask leave no measured voxel")
+        if release_iterations is not None and (isinstance(release_iterations, bool) or not isinstance(
+                release_iterations, (int, np.integer)) or release_iterations < 1):
+            raise ValueError(f"release_iterations must be an integer >= 1 or None, got {release_iterations!r}")
+        if release_iterations is not None and estimated_mask is None:
+            raise ValueError("release_iterations needs an estimated_mask (the voxels to release)")
         if int(llk_every) < 0:
             raise ValueError(f"llk_every must be >= 0, got {llk_every}")
         self.device = _default_device(device)
@@ -291,10 +315,19 @@ class CDIState:
             return torch.from_numpy(np.ascontiguousarray(np.fft.ifftshift(a))).to(self.device, dtype)
 
         iobs = np.where(free, 0, iobs).astype(np.float32)
+        # _iobs keeps the estimates (the autocorrelation support uses them); the LLK reads
+        # only the measured voxels.
         self._iobs = to_dev(iobs, torch.float32)
         self.amplitude = torch.sqrt(self._iobs)
         self.free_mask = to_dev(free, torch.float32)
+        self.estimated_mask = to_dev(estimated, torch.float32) if estimated.any() else None
+        # The random start's power counts the estimates: they stand for the missing photons.
+        self._photons = float(iobs.astype(np.float64).sum())
         self._constrained = 1 - self.free_mask
+        if self.estimated_mask is not None:
+            self._constrained = self._constrained - self.estimated_mask
+            iobs = np.where(estimated, 0, iobs)
+        self._iobs_llk = to_dev(iobs, torch.float32) if self.estimated_mask is not None else self._iobs
         # The iterations use unscaled FFTs: G = sqrt(N) * FFT_ortho(obj), and the inverse
         # without 1/N. The projection G * r then needs r = amp / (sqrt(N) |G|) on constrained
         # voxels and r = 1/N on free ones to return the unitary-convention object.
@@ -307,8 +340,9 @@ class CDIState:
         self._amp_signed = (torch.where(self.free_mask > 0, -1.0, self._amp_scaled).contiguous()
                             if self._kernels is not None else None)
         self._dims = dims
-        self.n_constrained = int((~free).sum())
-        self._photons = float(iobs.astype(np.float64).sum())
+        self.n_constrained = int((~free & ~estimated).sum())
+        self.release_iterations = None if release_iterations is None else int(release_iterations)
+        self.estimate_weight = 1.0
         # Constant part of the Poisson deviance, sum_c (-I + I log I), with 0 log 0 = 0.
         i64 = iobs.astype(np.float64)
         self._llk_const = float(np.sum(-i64 + np.where(i64 > 0, i64 * np.log(np.where(i64 > 0, i64, 1)), 0)))
@@ -350,6 +384,28 @@ class CDIState:
         s = self.support.detach().cpu().numpy() > 0.5
         return np.fft.fftshift(s) if centred else s
 
+    def set_estimate_weight(self, weight: float) -> None:
+        """Weight of the estimated voxels in the modulus projection, in [0, 1] (see the
+        class parameters); the measured and free voxels are unchanged."""
+        if self.estimated_mask is None:
+            raise ValueError("this state has no estimated voxels (give estimated_mask)")
+        weight = float(weight)
+        if not 0 <= weight <= 1:
+            raise ValueError(f"the estimate weight must be in [0, 1], got {weight}")
+        if weight == self.estimate_weight:
+            return
+        est = self.estimated_mask > 0
+        n_vox = 1.0 / self._inv_n
+        self._amp_scaled = torch.where(est, self.amplitude * (weight / math.sqrt(n_vox)),
+                                       self._amp_scaled)
+        self._free_scaled = torch.where(est, (1.0 - weight) * self._inv_n, self._free_scaled)
+        self.estimate_weight = weight
+
+    def _release_step(self) -> None:
+        """Lower the estimate weight along the release schedule (in steps of 1/32)."""
+        done = self.iteration / max(self.release_iterations - 1, 1)
+        self.set_estimate_weight(math.ceil(32 * max(0.0, 1.0 - done)) / 32)
+
     def _set_support_tensor(self, s: torch.Tensor) -> None:
         self.support = s
         self.n_support = int(s.sum().item())
@@ -390,7 +446,7 @@ class CDIState:
     def _llk_from_icalc(self, icalc: torch.Tensor) -> float:
         floored = icalc + _LLK_IMODEL_MIN * (icalc < _LLK_IMODEL_MIN)
         s = (torch.sum(icalc * self._constrained, dtype=torch.float64)
-             - torch.sum(torch.xlogy(self._iobs, floored), dtype=torch.float64))
+             - torch.sum(torch.xlogy(self._iobs_llk, floored), dtype=torch.float64))
         return 2 * (float(s) + self._llk_const) / max(self.n_constrained - self.n_support, 1)
 
     def _llk_from_unscaled(self, g: torch.Tensor) -> float:
@@ -411,7 +467,9 @@ class CDIState:
         """
         g = torch.fft.fftn(self.obj, dim=self._dims, norm="backward")
         llk = self._llk_from_unscaled(g) if want_llk else None
-        if self._kernels is not None:
+        # The kernel knows measured and free voxels only; released estimates (a weight per
+        # voxel) take the torch operations, whose r = amp_scaled / |G| + free_scaled covers all three.
+        if self._kernels is not None and self.estimated_mask is None:
             self._kernels.project(g.view(-1).numpy(), self._amp_signed.view(-1).numpy(),
                                   np.float32(self._inv_n))
         else:
@@ -451,9 +509,11 @@ class CDIState:
         return torch.fft.irfftn(spec, s=self.shape, dim=self._dims)
 
     def __repr__(self) -> str:
-        n_free = self.free_mask.numel() - self.n_constrained
+        n_free = int(self.free_mask.sum().item())
+        est = "" if self.estimated_mask is None else (
+            f", estimated={int(self.estimated_mask.sum().item())} voxels (weight {self.estimate_weight:g})")
         return (f"CDIState(shape={self.shape}, device={self.device}, iteration={self.iteration}, "
-                f"support={self.n_support} voxels, free={n_free} voxels)")
+                f"support={self.n_support} voxels, free={n_free} voxels{est})")
 
 
 # -------------------------------------------------------------------------- operators
@@ -606,6 +666,8 @@ class _Iterative(Operator):
         return self.beta, 1.0 - 2.0 * self.beta
 
     def apply(self, state: CDIState) -> CDIState:
+        if state.release_iterations is not None:
+            state._release_step()
         want_llk = state.llk_every > 0 and state.iteration % state.llk_every == 0
         p, llk = state._project_modulus(want_llk)
         if state._kernels is not None:
@@ -856,6 +918,7 @@ def _as_operator(algorithm: str | Operator) -> Operator:
 
 
 def phase_retrieval(intensity: np.ndarray, *, free_mask: np.ndarray | None = None,
+                    estimated_mask: np.ndarray | None = None,
                     support: np.ndarray | None = None, algorithm: str | Operator = DEFAULT_ALGORITHM,
                     n_starts: int = 4, seed: int = 0, n_average: int = 1,
                     device: str | torch.device | None = None, backend: str = "torch",
@@ -872,6 +935,12 @@ def phase_retrieval(intensity: np.ndarray, *, free_mask: np.ndarray | None = Non
     free_mask : ndarray of bool, same shape, optional
         Voxels left free by the modulus projection (e.g. a detector gap) and excluded from
         the LLK.
+    estimated_mask : ndarray of bool, same shape, optional
+        Voxels whose intensity is an estimate (e.g. the inpainted gap), *released* over each
+        start: constrained to the estimate at the first iteration, free at the last, with a
+        weight falling linearly in between (see :class:`CDIState`); never in the LLK, so the
+        starts are ranked on the measured voxels only. Torch backend only. None: the given
+        intensity is used as data everywhere (outside ``free_mask``).
     support : ndarray of bool, same shape, optional
         Initial support (centred); default from the autocorrelation.
     algorithm : str or Operator
@@ -910,8 +979,14 @@ def phase_retrieval(intensity: np.ndarray, *, free_mask: np.ndarray | None = Non
         raise ValueError(f"algorithm {algo!r} performs no ER/HIO/RAAR iteration")
     # Building the state validates intensity, free_mask and support once for both backends;
     # it also evaluates the LLK of the PyNX objects, so that all starts share one definition.
+    if estimated_mask is not None and backend == "pynx":
+        raise ValueError("estimated_mask (releasing an inpainted gap) needs backend='torch': PyNX's CPU "
+                         "operators have no weighted projection; give the filled intensity without "
+                         "estimated_mask, or the gap as free_mask")
     eval_device = "cpu" if backend == "pynx" else device
-    base = CDIState(intensity, free_mask=free_mask, support=support, device=eval_device, llk_every=llk_every)
+    base = CDIState(intensity, free_mask=free_mask, support=support, device=eval_device, llk_every=llk_every,
+                    estimated_mask=estimated_mask,
+                    release_iterations=None if estimated_mask is None else algo.iterations())
     init_support = None if support is not None else InitSupportAutocorrelation(support_threshold)
 
     runs: list[tuple[float, np.ndarray, np.ndarray, list]] = []

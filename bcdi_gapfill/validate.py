@@ -21,6 +21,9 @@ Methods
 ``free_pixels``    gap voxels left unconstrained during phase retrieval (``free_mask=gap``);
                    it has no oracle counterpart (there is no modulus to put in the gap), so it
                    is skipped in oracle mode and the reason is recorded in ``settings``
+``inpaint+release`` the model's fill, *released* during phase retrieval
+                   (``phase_retrieval(..., estimated_mask=gap)``): constrained at the first
+                   iteration, free at the last; pr mode only (its oracle is ``inpaint``'s)
 ``zero_fill``      gap set to 0
 ``linear_interp``  1D linear interpolation of ``log1p(counts)`` across the gap (``fill_gap(..., "linear")``)
 ``no_gap``         the complete noisy pattern: the reference every method should approach
@@ -82,12 +85,13 @@ __all__ = [
 ]
 
 #: Every gap treatment :func:`validate` knows, in the order of the report.
-METHODS = ("inpaint", "hybrid", "model+gp", "biharmonic", "biharmonic+gp", "gp", "free_pixels", "zero_fill",
-           "linear_interp", "no_gap")
+METHODS = ("inpaint", "inpaint+release", "hybrid", "model+gp", "biharmonic", "biharmonic+gp", "gp", "free_pixels",
+           "zero_fill", "linear_interp", "no_gap")
 #: The methods run when ``methods`` is not given: all but the uncertainty and band-limit ones.
-DEFAULT_METHODS = ("inpaint", "biharmonic", "free_pixels", "zero_fill", "linear_interp", "no_gap")
+DEFAULT_METHODS = ("inpaint", "inpaint+release", "biharmonic", "free_pixels", "zero_fill", "linear_interp",
+                   "no_gap")
 #: Methods that need the model (skipped together when the default weights are missing).
-MODEL_METHODS = ("inpaint", "hybrid", "model+gp")
+MODEL_METHODS = ("inpaint", "inpaint+release", "hybrid", "model+gp")
 #: Default share of the gap voxels, the least confident, that ``hybrid`` leaves free.
 HYBRID_QUANTILE = 0.2
 MODES = ("oracle", "pr", "both")
@@ -100,11 +104,13 @@ PR_METRIC_KEYS = ("llk", "llk_measured", "pcc_gap_reconstructed")
 NOISELESS_PEAK = 1e6
 
 _FILL_METHODS = {"biharmonic": "biharmonic", "zero_fill": "zero", "linear_interp": "linear"}
-_LABELS = {"inpaint": "DL inpainting", "biharmonic": "biharmonic", "free_pixels": "free pixels",
+_LABELS = {"inpaint": "DL inpainting", "inpaint+release": "DL, released in PR", "biharmonic": "biharmonic",
+           "free_pixels": "free pixels",
            "zero_fill": "zero fill", "linear_interp": "linear interp.", "no_gap": "no gap (reference)",
            "hybrid": "hybrid (DL + free)", "model+gp": "DL + band limit", "biharmonic+gp": "biharmonic + band limit",
            "gp": "band limit from zeros"}
-_COLORS = {"inpaint": "tab:red", "biharmonic": "tab:blue", "free_pixels": "tab:orange",
+_COLORS = {"inpaint": "tab:red", "inpaint+release": "darkred", "biharmonic": "tab:blue",
+           "free_pixels": "tab:orange",
            "zero_fill": "tab:green", "linear_interp": "tab:purple", "no_gap": "0.3",
            "hybrid": "tab:brown", "model+gp": "tab:pink", "biharmonic+gp": "tab:cyan", "gp": "tab:olive"}
 _SCHEMA = "bcdi_gapfill.validate/1"
@@ -417,7 +423,7 @@ def _fill(name: str, noisy: np.ndarray, gap: np.ndarray, ctx: _Context) -> np.nd
         from .classical import fill_gap
 
         return fill_gap(noisy, gap, _FILL_METHODS[name])
-    if name == "inpaint":
+    if name in ("inpaint", "inpaint+release"):
         return _model_fill(noisy, gap, ctx, uncertainty=False)[0]
     if name == "hybrid":
         return _model_fill(noisy, gap, ctx, uncertainty=True)[0][0]
@@ -459,7 +465,7 @@ def _evaluate_gap(gap: np.ndarray, methods: Sequence[str], modes: Sequence[str],
         t0 = time.perf_counter()
         filled = _fill(name, ctx.noisy, gap, ctx)
         fill_time = time.perf_counter() - t0
-        if name in ("inpaint", "hybrid", "model+gp"):
+        if name in MODEL_METHODS:
             # The model's fill is shared (cached): count its time in every method using it.
             key = (_gap_key(gap), name == "hybrid")
             if key in cached:
@@ -479,8 +485,10 @@ def _evaluate_gap(gap: np.ndarray, methods: Sequence[str], modes: Sequence[str],
             if progress_bar is not None:
                 progress_bar.set_postfix_str(f"{mode}: {name}")
             if mode == "oracle":
-                if name in ("free_pixels", "hybrid"):
+                if name in ("free_pixels", "hybrid", "inpaint+release"):
                     skipped.setdefault("oracle", {})[name] = (
+                        "no oracle counterpart: its fill is inpaint's, released only inside phase retrieval"
+                        if name == "inpaint+release" else
                         "no oracle counterpart: leaving gap voxels free only has a meaning inside an "
                         "iterative phase retrieval; with the true phase it would be zero_fill"
                         + ("" if name == "free_pixels" else " on the freed voxels"))
@@ -496,7 +504,9 @@ def _evaluate_gap(gap: np.ndarray, methods: Sequence[str], modes: Sequence[str],
 
                 t1 = time.perf_counter()
                 free_mask = gap if name == "free_pixels" else freed if name == "hybrid" else None
+                released = gap if name == "inpaint+release" and gap.any() else None
                 res = phase_retrieval(filled, free_mask=free_mask if free_mask is None or free_mask.any() else None,
+                                      estimated_mask=released,
                                       algorithm=ctx.algorithm, n_starts=ctx.n_starts, seed=ctx.seed_pr,
                                       device=ctx.device)
                 pr_time = time.perf_counter() - t1
@@ -510,7 +520,8 @@ def _evaluate_gap(gap: np.ndarray, methods: Sequence[str], modes: Sequence[str],
                          "pcc_gap_reconstructed": _safe_pcc(ctx.noisy, i_rec, gap),
                          "phasing_time_s": pr_time, "best_start": res.best,
                          "llk_starts": [float(v) for v in res.llk_starts]}
-                if name == "free_pixels":
+                if name in ("free_pixels", "inpaint+release"):
+                    # What the reconstruction ends with in the gap (the release frees it).
                     entry["pcc_gap"] = entry["pcc_gap_reconstructed"]
                     entry["gap_intensity_ratio"] = _gap_ratio(ctx.noisy, i_rec, gap)
                     intensity_gap = i_rec
@@ -629,7 +640,8 @@ def validate(obj: np.ndarray | None = None, *, seed: int | None = None, size: in
         ``spurious_modulus`` (fraction of ``|obj|**2`` outside the dilated true support),
         ``overlap``, ``pcc_gap`` (log PCC over the gap voxels of the intensity the method
         puts in the gap, against the noisy truth; None where it is undefined, e.g. the
-        constant zero fill; for free_pixels in pr mode, the reconstruction's intensity),
+        constant zero fill; for free_pixels and inpaint+release in pr mode, the
+        reconstruction's intensity),
         ``gap_intensity_ratio`` (photons in the gap over the truth's), ``fill_time_s``; in
         pr mode also ``llk`` (against the data the method gave to phase retrieval),
         ``llk_measured`` (against the measured, non-gap voxels: comparable between methods),
@@ -947,6 +959,7 @@ def _recip_figure(recip: Mapping[str, Any], mode: str) -> Any:
         if name == "no_gap":
             continue
         label = _LABELS.get(name, name) + {"free_pixels": " (PR intensity)",
+                                           "inpaint+release": " (PR intensity)",
                                            "hybrid": " (PR on freed)"}.get(name, "")
         items.append((label, sl))
     ncol, nrow = len(items), len(planes)

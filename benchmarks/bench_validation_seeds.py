@@ -40,7 +40,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402
 
-METHODS = ("inpaint", "biharmonic", "free_pixels", "zero_fill", "linear_interp", "no_gap")
+METHODS = ("inpaint", "inpaint+release", "biharmonic", "free_pixels", "zero_fill", "linear_interp", "no_gap")
+# Judged against the baselines: the model's fill used as data, and released during phasing.
+MODEL_METHODS = ("inpaint", "inpaint+release")
 # The baselines the issue-4 targets name, per mode (free pixels only exist in phase retrieval).
 BASELINES = {"oracle": ("zero_fill", "linear_interp"), "pr": ("free_pixels", "zero_fill")}
 METRICS = (("strain_rmse", "strain RMSE (1e-4)", 1e4), ("phase_std", "phase std (rad)", 1.0))
@@ -102,14 +104,16 @@ def summarise(runs: list[dict]) -> dict:
                     entry["values"].setdefault(name, {})[key] = vals
                     finite = [v for v in vals if v is not None]
                     entry["mean"].setdefault(name, {})[key] = float(np.mean(finite)) if finite else None
-            if "inpaint" in names:
+            for model in (m for m in MODEL_METHODS if m in names):
                 for base in BASELINES[mode]:
                     if base not in names:
                         continue
                     for key, _, _ in METRICS:
-                        a, b = entry["values"]["inpaint"][key], entry["values"][base][key]
-                        entry["wins"].setdefault(base, {})[key] = sum(
+                        a, b = entry["values"][model][key], entry["values"][base][key]
+                        wins = entry["wins"] if model == "inpaint" else entry.setdefault("wins_" + model, {})
+                        wins.setdefault(base, {})[key] = sum(
                             1 for x, y in zip(a, b) if x is not None and y is not None and x < y)
+            if "inpaint" in names:
                 if mode == "oracle" and "zero_fill" in names:
                     ratios = [z / m if m else None for z, m in zip(entry["values"]["zero_fill"]["phase_std"],
                                                                    entry["values"]["inpaint"]["phase_std"])]
@@ -138,9 +142,12 @@ def tables(summary: dict) -> str:
                     cells.append(" / ".join(_fmt(v, scale) for v in vals[key]))
                     cells.append(_fmt(entry["mean"][name][key], scale))
                 lines.append(f"| {name} | " + " | ".join(cells) + " |")
-            wins = "; ".join(f"inpaint < {base}: strain {d['strain_rmse']}/{len(seeds)}, phase "
-                             f"{d['phase_std']}/{len(seeds)}" for base, d in entry["wins"].items())
-            lines += ["", wins]
+            lines.append("")
+            for model in MODEL_METHODS:
+                wins = entry["wins"] if model == "inpaint" else entry.get("wins_" + model, {})
+                if wins:
+                    lines.append("; ".join(f"{model} < {base}: strain {d['strain_rmse']}/{len(seeds)}, phase "
+                                           f"{d['phase_std']}/{len(seeds)}" for base, d in wins.items()))
             if "phase_ratio_zero_fill_over_inpaint" in entry:
                 lines.append("phase std zero fill / inpaint: "
                              + " / ".join(_fmt(v) for v in entry["phase_ratio_zero_fill_over_inpaint"])

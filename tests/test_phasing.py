@@ -345,3 +345,103 @@ def test_llk_agrees_with_pynx():
     with np.errstate(divide="ignore", invalid="ignore"):  # PyNX logs masked voxels, then drops them
         ref = llk_poisson(iobs, icalc).sum() / ((~free).sum() - sup.sum())
     assert st.llk() == pytest.approx(ref, rel=1e-4)
+
+
+# ------------------------------------------------------------------ released estimates
+def _projected(intensity, start, **state_kwargs):
+    st = P.CDIState(intensity, device="cpu", **state_kwargs)
+    st.set_obj(start)
+    return np.fft.fftshift(_fft((P.FourierApplyAmplitude() * st).get_obj()))
+
+
+@pytest.mark.parametrize("numba", [True, False], ids=["numba", "torch"])
+def test_estimated_voxels_are_pulled_by_their_weight(numba, monkeypatch):
+    if numba and P._numba_kernels() is None:
+        pytest.skip("numba not installed")
+    if not numba:
+        monkeypatch.setattr(P, "_numba_kernels", lambda: None)
+    obj, intensity, sup = _particle(16, 5.0)
+    rng = np.random.default_rng(1)
+    est = rng.random(intensity.shape) < 0.2
+    start = (rng.normal(size=obj.shape) + 1j * rng.normal(size=obj.shape)).astype(np.complex64)
+    before = np.fft.fftshift(_fft(start))
+    # weight 1 (the start of a release): the estimate acts as data, exactly like no mask.
+    np.testing.assert_allclose(_projected(intensity, start, estimated_mask=est), _projected(intensity, start),
+                               rtol=1e-5, atol=1e-5)
+    st = P.CDIState(intensity, estimated_mask=est, device="cpu")
+    st.set_obj(start)
+    st.set_estimate_weight(0.25)
+    after = np.fft.fftshift(_fft((P.FourierApplyAmplitude() * st).get_obj()))
+    want = 0.25 * np.sqrt(intensity[est]) + 0.75 * np.abs(before[est])
+    np.testing.assert_allclose(np.abs(after[est]), want, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(np.angle(after[est] * np.conj(before[est])), 0, atol=1e-3)
+    np.testing.assert_allclose(np.abs(after[~est]), np.sqrt(intensity[~est]), rtol=1e-4, atol=1e-4)
+    # weight 0 (the end of a release): exactly the free pixels' projection.
+    st.set_estimate_weight(0.0)
+    st.set_obj(start)
+    np.testing.assert_allclose(np.fft.fftshift(_fft((P.FourierApplyAmplitude() * st).get_obj())),
+                               _projected(intensity, start, free_mask=est), rtol=1e-5, atol=1e-5)
+
+
+def test_estimated_voxels_are_not_data_in_the_llk():
+    obj, intensity, sup = _particle(16, 5.0)
+    est = np.zeros(intensity.shape, bool)
+    est[:, 9:11, :] = True
+    wrong = intensity.copy()
+    wrong[est] *= 3  # a bad estimate must not change the figure of merit
+    a = P.CDIState(intensity, free_mask=est, support=sup, device="cpu")
+    b = P.CDIState(wrong, estimated_mask=est, support=sup, device="cpu")
+    for st in (a, b):
+        st.set_obj(obj)
+    assert b.llk() == pytest.approx(a.llk(), rel=1e-6)
+    assert b.n_constrained == a.n_constrained
+
+
+def test_release_lowers_the_weight_linearly_to_zero_over_the_algorithm():
+    obj, intensity, sup = _particle(16, 5.0)
+    est = np.zeros(intensity.shape, bool)
+    est[:, 9:11, :] = True
+    st = P.CDIState(intensity, estimated_mask=est, support=sup, device="cpu", release_iterations=65)
+    weights = []
+    for _ in range(65):
+        st = P.ER() * st
+        weights.append(st.estimate_weight)
+    assert weights[0] == 1.0 and weights[32] == 0.5 and weights[-1] == 0.0
+    assert all(a >= b for a, b in zip(weights, weights[1:]))
+    assert len(set(weights)) == 33  # steps of 1/32: the masks are rebuilt at most 33 times
+
+
+def test_phase_retrieval_releases_a_gap_filled_with_a_bad_estimate():
+    obj, intensity, sup = _particle()
+    gap = _gap(intensity.shape)
+    wrong = intensity.copy()
+    wrong[gap] *= 4  # a fill four times too bright, as data it would spoil the object
+    forced = P.phase_retrieval(wrong, n_starts=2, seed=1, device="cpu")
+    released = P.phase_retrieval(wrong, estimated_mask=gap, n_starts=2, seed=1, device="cpu")
+    free = P.phase_retrieval(intensity, free_mask=gap, n_starts=2, seed=1, device="cpu")
+    corr = {name: _modulus_corr(M.align_to_reference(r.obj, obj, sup), obj)
+            for name, r in (("forced", forced), ("released", released), ("free", free))}
+    assert corr["released"] > 0.95 and corr["released"] > corr["forced"]
+    # Ranked on the measured voxels only: the same scale as the free-pixel LLK.
+    assert released.llk < 1 and abs(released.llk - free.llk) < 0.5
+
+
+def test_estimated_mask_errors():
+    _, intensity, _ = _particle(16, 5.0)
+    est = np.zeros(intensity.shape, bool)
+    est[:, 9:11, :] = True
+    with pytest.raises(ValueError, match="estimated_mask must"):
+        P.CDIState(intensity, estimated_mask=est[0], device="cpu")
+    with pytest.raises(ValueError, match="leave no measured voxel"):
+        P.CDIState(intensity, estimated_mask=np.ones(intensity.shape, bool), device="cpu")
+    with pytest.raises(ValueError, match="release_iterations needs an estimated_mask"):
+        P.CDIState(intensity, release_iterations=10, device="cpu")
+    with pytest.raises(ValueError, match="release_iterations must be"):
+        P.CDIState(intensity, estimated_mask=est, release_iterations=0, device="cpu")
+    st = P.CDIState(intensity, estimated_mask=est, device="cpu")
+    with pytest.raises(ValueError, match=r"in \[0, 1\]"):
+        st.set_estimate_weight(1.5)
+    with pytest.raises(ValueError, match="no estimated voxels"):
+        P.CDIState(intensity, device="cpu").set_estimate_weight(0.5)
+    with pytest.raises(ValueError, match="needs backend='torch'"):
+        P.phase_retrieval(intensity, estimated_mask=est, backend="pynx")

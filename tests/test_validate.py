@@ -195,6 +195,25 @@ def test_inpaint_method_with_a_given_model():
     assert len(rep["settings"]["model"]["state_dict_sha256"]) == 64
 
 
+def test_inpaint_released_in_phase_retrieval():
+    _inpaint_module()
+    from bcdi_gapfill.model import build_model
+
+    net = build_model("gapfill")  # untrained: a poor fill, which the release must not force
+    rep = V.validate(seed=2, size=32, gap="cross:3", gap_offset=4, mode="both", algorithm=FAST_PR, n_starts=2,
+                     methods=("inpaint", "inpaint+release", "free_pixels"), model=net,
+                     inpaint_options={"stride": 16}, progress=False)
+    pr = rep["results"]["pr"]
+    assert "inpaint+release" not in rep["results"]["oracle"]
+    assert "inpaint's" in rep["settings"]["skipped_methods"]["oracle"]["inpaint+release"]
+    released = pr["inpaint+release"]
+    assert released["pcc_gap"] == released["pcc_gap_reconstructed"]  # the gap it ends with
+    # Ranked on the measured voxels only: its LLK is the measured-voxel LLK, as for free pixels.
+    assert released["llk"] == pytest.approx(released["llk_measured"], rel=1e-4)
+    assert pr["free_pixels"]["llk"] == pytest.approx(pr["free_pixels"]["llk_measured"], rel=1e-4)
+    assert all(math.isfinite(released[k]) for k in ("strain_rmse", "phase_std", "overlap"))
+
+
 def test_inpaint_skipped_only_when_defaulted(monkeypatch):
     inp = _inpaint_module()
 
