@@ -918,7 +918,7 @@ def _as_operator(algorithm: str | Operator) -> Operator:
 
 
 def phase_retrieval(intensity: np.ndarray, *, free_mask: np.ndarray | None = None,
-                    estimated_mask: np.ndarray | None = None,
+                    estimated_mask: np.ndarray | None = None, release: float = 1.0,
                     support: np.ndarray | None = None, algorithm: str | Operator = DEFAULT_ALGORITHM,
                     n_starts: int = 4, seed: int = 0, n_average: int = 1,
                     device: str | torch.device | None = None, backend: str = "torch",
@@ -941,6 +941,11 @@ def phase_retrieval(intensity: np.ndarray, *, free_mask: np.ndarray | None = Non
         weight falling linearly in between (see :class:`CDIState`); never in the LLK, so the
         starts are ranked on the measured voxels only. Torch backend only. None: the given
         intensity is used as data everywhere (outside ``free_mask``).
+    release : float
+        Share of the algorithm's iterations over which the weight of ``estimated_mask``
+        falls from 1 to 0, in (0, 1]; the rest run with the gap free. Measured on 48^3
+        crystals (docs/benchmarks.md): 1 (the default) is the robust choice from 6-pixel
+        gaps up; 0.25 did better with 3-pixel gaps and failed more often with wider ones.
     support : ndarray of bool, same shape, optional
         Initial support (centred); default from the autocorrelation.
     algorithm : str or Operator
@@ -979,6 +984,9 @@ def phase_retrieval(intensity: np.ndarray, *, free_mask: np.ndarray | None = Non
         raise ValueError(f"algorithm {algo!r} performs no ER/HIO/RAAR iteration")
     # Building the state validates intensity, free_mask and support once for both backends;
     # it also evaluates the LLK of the PyNX objects, so that all starts share one definition.
+    if isinstance(release, bool) or not isinstance(release, (int, float, np.integer, np.floating)) \
+            or not 0 < release <= 1:
+        raise ValueError(f"release must be a number in (0, 1], got {release!r}")
     if estimated_mask is not None and backend == "pynx":
         raise ValueError("estimated_mask (releasing an inpainted gap) needs backend='torch': PyNX's CPU "
                          "operators have no weighted projection; give the filled intensity without "
@@ -986,7 +994,8 @@ def phase_retrieval(intensity: np.ndarray, *, free_mask: np.ndarray | None = Non
     eval_device = "cpu" if backend == "pynx" else device
     base = CDIState(intensity, free_mask=free_mask, support=support, device=eval_device, llk_every=llk_every,
                     estimated_mask=estimated_mask,
-                    release_iterations=None if estimated_mask is None else algo.iterations())
+                    release_iterations=None if estimated_mask is None
+                    else max(1, round(release * algo.iterations())))
     init_support = None if support is not None else InitSupportAutocorrelation(support_threshold)
 
     runs: list[tuple[float, np.ndarray, np.ndarray, list]] = []

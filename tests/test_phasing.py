@@ -443,5 +443,7 @@ def test_estimated_mask_errors():
         st.set_estimate_weight(1.5)
     with pytest.raises(ValueError, match="no estimated voxels"):
         P.CDIState(intensity, device="cpu").set_estimate_weight(0.5)
+    with pytest.raises(ValueError, match=r"release must be a number in \(0, 1\]"):
+        P.phase_retrieval(intensity, estimated_mask=est, release=0)
     with pytest.raises(ValueError, match="needs backend='torch'"):
         P.phase_retrieval(intensity, estimated_mask=est, backend="pynx")
