@@ -134,6 +134,24 @@ def test_workflow_on_a_measured_pair(tmp_path):
     assert sorted(p.name for p in source.iterdir()) == sorted(p.name for p in before)
 
 
+def test_workflow_releases_the_filled_gap_when_asked(tmp_path):
+    source = tmp_path / "beamline"
+    source.mkdir()
+    pair = simulate_bcdi_pair(source, scan=7, seed=3, size=(32, 40, 40), detector="Maxipix",
+                              roi_origin=(240, 238), hot_pixels=2, peak_counts=1e5, phase="zero")
+    reports = {}
+    for release in (None, 1.0):
+        cfg = {"name": "measured", "data": str(pair.data_path), "mask": str(pair.mask_path),
+               "gapfill": {"method": "biharmonic"},
+               "phasing": {"algorithm": "ER**10 * HIO**10", "n_starts": 1, "baselines": [], "release": release}}
+        reports[release] = run_workflow(cfg, tmp_path / f"out{release}")["report"]
+    given, released = (reports[k]["methods"]["biharmonic"] for k in (None, 1.0))
+    assert reports[1.0]["settings"]["release"] == 1.0 and reports[None]["settings"]["release"] is None
+    # Released, the gap is not data: the LLK it is ranked on is the measured voxels' one.
+    assert released["llk"] == pytest.approx(released["llk_measured"], rel=1e-4)
+    assert given["llk"] != pytest.approx(given["llk_measured"], rel=1e-4)
+
+
 def test_simulated_pair_is_what_bcdi_writes(tmp_path):
     pair = simulate_bcdi_pair(tmp_path, scan=3, seed=1, size=(32, 36, 40), detector="Eiger2M",
                               roi_origin=(240, 240), hot_pixels=4, peak_counts=1e4)
@@ -174,6 +192,8 @@ _SIM = {"simulate": {"size": [32, 48, 48]}}
     (_SIM, ["phasing.n_starts=0"], r"phasing\.n_starts must be an integer >= 1, got 0"),
     (_SIM, ["phasing.n_average=3", "phasing.n_starts=2"], r"n_average \(3\) cannot exceed .*n_starts \(2\)"),
     (_SIM, ["gapfill.method=zero"], r"'zero' is the zero_fill baseline"),
+    (_SIM, ["phasing.release=0"], r"phasing\.release must be null or a number in \(0, 1\], got 0"),
+    (_SIM, ["phasing.release=1", "phasing.backend=pynx"], r"phasing\.release needs phasing\.backend torch"),
     (_SIM, ["simulate.size=[32, 48]"], r"simulate\.size must be 3 integers >= 8.*\[32, 48\]"),
     (_SIM, ["simulate.roi_origin=5"], r"simulate\.roi_origin must be \[row, column\]"),
     (_SIM, ["phasing.n_starts"], r"an override must look like key\.sub=value, got 'phasing\.n_starts'"),
