@@ -14,9 +14,13 @@ their centre ``--gap-offset`` pixels from the Bragg peak on both detector axes, 
 The model runs at ``--stride`` with one torch thread (``inpaint_options``); each seed runs in
 a fresh process, with ``torch.set_num_threads(--threads)`` for phase retrieval too.
 
+``--oversampling`` is passed to ``simulate_pattern`` (validate's default 3); the crystal is
+``--size / --oversampling`` voxels wide, so the array grows with it to keep the crystal.
+
 Tables (per mode and width): strain RMSE and phase standard deviation inside the true support
-per seed and their mean, per method; how many seeds ``inpaint`` is below ``free_pixels`` and
-``zero_fill`` on each metric; in oracle mode the ratio of the zero-filled gap's phase standard
+per seed and their mean, per method; how many seeds ``inpaint`` (and ``inpaint+release``,
+the fill released during phase retrieval) is below ``free_pixels`` and ``zero_fill`` on
+each metric; in oracle mode the ratio of the zero-filled gap's phase standard
 deviation to the model's (the paper's claim: at least 5x).
 
     .venv/bin/python benchmarks/bench_validation_seeds.py [--seeds 0 1 2 3 4] [--widths 3 6 9 12]
