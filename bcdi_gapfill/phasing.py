@@ -341,7 +341,9 @@ class CDIState:
                             if self._kernels is not None else None)
         self._dims = dims
         self.n_constrained = int((~free & ~estimated).sum())
-        self.release_iterations = None if release_iterations is None else int(release_iterations)
+        # An estimated_mask wholly inside free_mask leaves nothing to release.
+        self.release_iterations = (None if release_iterations is None or self.estimated_mask is None
+                                   else int(release_iterations))
         self.estimate_weight = 1.0
         # Constant part of the Poisson deviance, sum_c (-I + I log I), with 0 log 0 = 0.
         i64 = iobs.astype(np.float64)

@@ -438,6 +438,9 @@ def test_estimated_mask_errors():
         P.CDIState(intensity, release_iterations=10, device="cpu")
     with pytest.raises(ValueError, match="release_iterations must be"):
         P.CDIState(intensity, estimated_mask=est, release_iterations=0, device="cpu")
+    # an estimate wholly inside the free voxels: nothing to release, the run is a free-pixel run
+    res = P.phase_retrieval(intensity, free_mask=est, estimated_mask=est, algorithm="ER**3", n_starts=1)
+    assert np.isfinite(res.llk)
     st = P.CDIState(intensity, estimated_mask=est, device="cpu")
     with pytest.raises(ValueError, match=r"in \[0, 1\]"):
         st.set_estimate_weight(1.5)
