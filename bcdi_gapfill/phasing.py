@@ -4,8 +4,8 @@ It exists to show, in real space, what a gap does to a reconstruction and what i
 restores (paper section 2.6 and supplement S7): the voxels of the gap are left free during
 phase retrieval (``free_mask``, the "free pixels" baseline), constrained to the inpainted
 intensity (given as data), or *released* (``estimated_mask``): constrained to the inpainted
-intensity at the first iteration and free at the last, so that the fill guides the search
-for the object and the measured voxels and the oversampling decide its end
+intensity at the first iteration and free for the last quarter, so that the fill guides the
+search for the object and the measured voxels and the oversampling decide its end
 (docs/benchmarks.md, "Releasing the fill during phase retrieval").
 
 The operators compose as in PyNX::
@@ -920,7 +920,7 @@ def _as_operator(algorithm: str | Operator) -> Operator:
 
 
 def phase_retrieval(intensity: np.ndarray, *, free_mask: np.ndarray | None = None,
-                    estimated_mask: np.ndarray | None = None, release: float = 1.0,
+                    estimated_mask: np.ndarray | None = None, release: float = 0.75,
                     support: np.ndarray | None = None, algorithm: str | Operator = DEFAULT_ALGORITHM,
                     n_starts: int = 4, seed: int = 0, n_average: int = 1,
                     device: str | torch.device | None = None, backend: str = "torch",
@@ -939,15 +939,17 @@ def phase_retrieval(intensity: np.ndarray, *, free_mask: np.ndarray | None = Non
         the LLK.
     estimated_mask : ndarray of bool, same shape, optional
         Voxels whose intensity is an estimate (e.g. the inpainted gap), *released* over each
-        start: constrained to the estimate at the first iteration, free at the last, with a
-        weight falling linearly in between (see :class:`CDIState`); never in the LLK, so the
+        start: constrained to the estimate at the first iteration, free after a share
+        ``release`` of the iterations, with a weight falling linearly in between (see
+        :class:`CDIState`); never in the LLK, so the
         starts are ranked on the measured voxels only. Torch backend only. None: the given
         intensity is used as data everywhere (outside ``free_mask``).
     release : float
         Share of the algorithm's iterations over which the weight of ``estimated_mask``
-        falls from 1 to 0, in (0, 1]; the rest run with the gap free. Measured on 48^3
-        crystals (docs/benchmarks.md): 1 (the default) is the robust choice from 6-pixel
-        gaps up; 0.25 did better with 3-pixel gaps and failed more often with wider ones.
+        falls from 1 to 0, in (0, 1]; the rest run with the gap free. The default 0.75
+        releases it over the 600 HIO of :data:`DEFAULT_ALGORITHM` and leaves the gap free
+        for its 200 ER (docs/benchmarks.md, "Releasing the fill during phase retrieval",
+        compares 0.25, 0.5, 0.75 and 1).
     support : ndarray of bool, same shape, optional
         Initial support (centred); default from the autocorrelation.
     algorithm : str or Operator

@@ -56,10 +56,9 @@ are taken from the current directory, as for the other configurations)::
 
 ``phasing.release``: null gives the filled gap to phase retrieval as data; a number in
 (0, 1] *releases* it instead (``phase_retrieval(..., estimated_mask=gap, release=...)``): the
-fill steers the first iterations and the gap is free by the end of that share of them
-(docs/benchmarks.md, "Releasing the fill during phase retrieval": better than the fill as
-data on simulated crystals with 3-9 pixel gaps; free pixels were better still at
-oversampling ~5).
+fill steers the first iterations and the gap is free after that share of them (0.75: free
+for the 200 ER of the default algorithm). docs/benchmarks.md, "Releasing the fill during
+phase retrieval", measures it against the fill as data and the free pixels.
 
 Arrays are (frames, rows, columns).
 """
@@ -635,7 +634,7 @@ def run_workflow(config: str | os.PathLike | Mapping[str, Any], out_dir: str | o
                               n_starts=p["n_starts"], seed=p["seed"], n_average=p["n_average"], device=p["device"],
                               backend=p["backend"], support_threshold=p["support_threshold"],
                               estimated_mask=released if released is not None and released.any() else None,
-                              release=p["release"] or 1.0)
+                              release=p["release"] or 0.75)
         state = CDIState(measured, free_mask=measured_free, device="cpu")
         state.set_obj(res.obj)
         state.set_support(res.support)

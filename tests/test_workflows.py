@@ -140,13 +140,13 @@ def test_workflow_releases_the_filled_gap_when_asked(tmp_path):
     pair = simulate_bcdi_pair(source, scan=7, seed=3, size=(32, 40, 40), detector="Maxipix",
                               roi_origin=(240, 238), hot_pixels=2, peak_counts=1e5, phase="zero")
     reports = {}
-    for release in (None, 1.0):
+    for release in (None, 0.75):
         cfg = {"name": "measured", "data": str(pair.data_path), "mask": str(pair.mask_path),
                "gapfill": {"method": "biharmonic"},
                "phasing": {"algorithm": "ER**10 * HIO**10", "n_starts": 1, "baselines": [], "release": release}}
         reports[release] = run_workflow(cfg, tmp_path / f"out{release}")["report"]
-    given, released = (reports[k]["methods"]["biharmonic"] for k in (None, 1.0))
-    assert reports[1.0]["settings"]["release"] == 1.0 and reports[None]["settings"]["release"] is None
+    given, released = (reports[k]["methods"]["biharmonic"] for k in (None, 0.75))
+    assert reports[0.75]["settings"]["release"] == 0.75 and reports[None]["settings"]["release"] is None
     # Released, the gap is not data: the LLK it is ranked on is the measured voxels' one.
     assert released["llk"] == pytest.approx(released["llk_measured"], rel=1e-4)
     assert given["llk"] != pytest.approx(given["llk_measured"], rel=1e-4)
