@@ -242,7 +242,7 @@ class CDIState:
         iteration 0 to 0 at iteration ``release_iterations - 1`` (in steps of 1/32), so
         that the estimate steers the first iterations (support, shape) and the measured
         voxels and the oversampling decide the end, as for free pixels.
-        :func:`phase_retrieval` sets it to the length of the algorithm.
+        :func:`phase_retrieval` sets it to ``release`` times the length of the algorithm.
     support : ndarray of bool, same shape, optional
         Initial support, object centred in the array. Default: the whole array (use
         :class:`InitSupportAutocorrelation`).
