@@ -23,7 +23,8 @@ Methods
                    is skipped in oracle mode and the reason is recorded in ``settings``
 ``inpaint+release`` the model's fill, *released* during phase retrieval
                    (``phase_retrieval(..., estimated_mask=gap)``): constrained at the first
-                   iteration, free at the last; pr mode only (its oracle is ``inpaint``'s)
+                   iteration, free for the last quarter; pr mode only (its oracle is
+                   ``inpaint``'s)
 ``zero_fill``      gap set to 0
 ``linear_interp``  1D linear interpolation of ``log1p(counts)`` across the gap (``fill_gap(..., "linear")``)
 ``no_gap``         the complete noisy pattern: the reference every method should approach
