@@ -336,9 +336,11 @@ class CDIState:
         self._amp_scaled = self.amplitude * (1.0 / math.sqrt(n_vox))
         self._free_scaled = self.free_mask * self._inv_n
         self._kernels = _numba_kernels() if self.device.type == "cpu" else None
-        # For the numba kernel: the scaled amplitude, -1 flagging a free voxel.
+        # For the numba kernel: the scaled amplitude, -1 flagging a free voxel. The kernel knows
+        # measured and free voxels only; with released estimates (a weight per voxel) the torch
+        # operations project, whose r = amp_scaled / |G| + free_scaled covers all three.
         self._amp_signed = (torch.where(self.free_mask > 0, -1.0, self._amp_scaled).contiguous()
-                            if self._kernels is not None else None)
+                            if self._kernels is not None and self.estimated_mask is None else None)
         self._dims = dims
         self.n_constrained = int((~free & ~estimated).sum())
         # An estimated_mask wholly inside free_mask leaves nothing to release.
@@ -469,8 +471,6 @@ class CDIState:
         """
         g = torch.fft.fftn(self.obj, dim=self._dims, norm="backward")
         llk = self._llk_from_unscaled(g) if want_llk else None
-        # The kernel knows measured and free voxels only; released estimates (a weight per
-        # voxel) take the torch operations, whose r = amp_scaled / |G| + free_scaled covers all three.
         if self._kernels is not None and self.estimated_mask is None:
             self._kernels.project(g.view(-1).numpy(), self._amp_signed.view(-1).numpy(),
                                   np.float32(self._inv_n))

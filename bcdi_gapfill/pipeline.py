@@ -629,12 +629,12 @@ def run_workflow(config: str | os.PathLike | Mapping[str, Any], out_dir: str | o
         starts = f"{p['n_starts']} start{'s' if p['n_starts'] != 1 else ''}"
         _say(progress, f"[3/{n_steps}] phasing {k}/{len(given)}: {name} ({starts} of {p['algorithm']})")
         t1 = time.perf_counter()
-        released = gap & ~free if name == filled_name and p["release"] is not None else None
+        # CDIState leaves out of the estimate the voxels that are free anyway (hot pixels).
+        release = ({"estimated_mask": gap, "release": p["release"]}
+                   if name == filled_name and p["release"] is not None else {})
         res = phase_retrieval(intensity, free_mask=free if free.any() else None, algorithm=p["algorithm"],
                               n_starts=p["n_starts"], seed=p["seed"], n_average=p["n_average"], device=p["device"],
-                              backend=p["backend"], support_threshold=p["support_threshold"],
-                              estimated_mask=released if released is not None and released.any() else None,
-                              release=p["release"] or 0.75)
+                              backend=p["backend"], support_threshold=p["support_threshold"], **release)
         state = CDIState(measured, free_mask=measured_free, device="cpu")
         state.set_obj(res.obj)
         state.set_support(res.support)

@@ -505,9 +505,8 @@ def _evaluate_gap(gap: np.ndarray, methods: Sequence[str], modes: Sequence[str],
 
                 t1 = time.perf_counter()
                 free_mask = gap if name == "free_pixels" else freed if name == "hybrid" else None
-                released = gap if name == "inpaint+release" and gap.any() else None
                 res = phase_retrieval(filled, free_mask=free_mask if free_mask is None or free_mask.any() else None,
-                                      estimated_mask=released,
+                                      estimated_mask=gap if name == "inpaint+release" else None,
                                       algorithm=ctx.algorithm, n_starts=ctx.n_starts, seed=ctx.seed_pr,
                                       device=ctx.device)
                 pr_time = time.perf_counter() - t1
