@@ -7,6 +7,9 @@ object, it times one iteration of HIO (beta 0.9), RAAR (beta 0.9) and ER for
 * ``ours``: :mod:`bcdi_gapfill.phasing` as it runs by default (fused numba kernels on CPU
   when numba is installed; torch operations on CUDA);
 * ``ours, torch ops``: the same engine forced onto its torch-operation path (CPU only);
+* ``ours, released estimate``: the band given as an estimate being released
+  (``CDIState(estimated_mask=band)`` at weight 0.5) instead of free: the weighted projection,
+  which runs on torch operations (CPU only; its end LLK differs, the band being constrained);
 * ``PyNX CPU``: PyNX's ``pynx.cdi.cpu_operator`` ``HIO``/``RAAR``/``ER`` (skipped when PyNX is
   not installed);
 * ``FFT floor``: ``torch.fft.fftn`` then ``ifftn`` of the same complex64 array, the two
@@ -73,9 +76,12 @@ def _sync(device: str) -> None:
 
 
 class _Ours:
-    def __init__(self, counts, support, free, device: str, torch_ops: bool, start):
+    def __init__(self, counts, support, free, device: str, torch_ops: bool, start, estimate: bool = False):
         from bcdi_gapfill import phasing as P
-        self.state = P.CDIState(counts, support=support, free_mask=free, device=device, llk_every=0)
+        masks = {"estimated_mask": free} if estimate else {"free_mask": free}
+        self.state = P.CDIState(counts, support=support, device=device, llk_every=0, **masks)
+        if estimate:
+            self.state.set_estimate_weight(0.5)  # mid-release: both terms of the projection
         if torch_ops:
             self.state._kernels = None
         self.state.set_obj(start)
@@ -136,6 +142,9 @@ def _measure_size(size: int, opts, pynx_label: str | None) -> list[dict]:
         engines[f"ours ({device})"] = _Ours(counts, support, free, device, False, start)
         if device == "cpu" and P._numba_kernels() is not None:
             engines["ours, torch ops (cpu)"] = _Ours(counts, support, free, device, True, start)
+        if device == "cpu":
+            engines["ours, released estimate (cpu)"] = _Ours(counts, support, free, device, False, start,
+                                                             estimate=True)
     if pynx_label:
         engines[pynx_label] = _PyNX(counts, support, free, start)
     kernels = "numba kernels" if P._numba_kernels() is not None else "torch ops (numba not installed)"
