@@ -46,7 +46,7 @@ import _common as C  # noqa: E402
 
 METHODS = ("inpaint", "inpaint+release", "biharmonic", "free_pixels", "zero_fill", "linear_interp", "no_gap")
 # Judged against the baselines: the model's fill used as data, and released during phasing.
-MODEL_METHODS = ("inpaint", "inpaint+release")
+JUDGED_METHODS = ("inpaint", "inpaint+release")
 # The baselines the issue-4 targets name, per mode (free pixels only exist in phase retrieval).
 BASELINES = {"oracle": ("zero_fill", "linear_interp"), "pr": ("free_pixels", "zero_fill")}
 METRICS = (("strain_rmse", "strain RMSE (1e-4)", 1e4), ("phase_std", "phase std (rad)", 1.0))
@@ -108,7 +108,7 @@ def summarise(runs: list[dict]) -> dict:
                     entry["values"].setdefault(name, {})[key] = vals
                     finite = [v for v in vals if v is not None]
                     entry["mean"].setdefault(name, {})[key] = float(np.mean(finite)) if finite else None
-            for model in (m for m in MODEL_METHODS if m in names):
+            for model in (m for m in JUDGED_METHODS if m in names):
                 for base in BASELINES[mode]:
                     if base not in names:
                         continue
@@ -147,7 +147,7 @@ def tables(summary: dict) -> str:
                     cells.append(_fmt(entry["mean"][name][key], scale))
                 lines.append(f"| {name} | " + " | ".join(cells) + " |")
             lines.append("")
-            for model in MODEL_METHODS:
+            for model in JUDGED_METHODS:
                 wins = entry["wins"] if model == "inpaint" else entry.get("wins_" + model, {})
                 if wins:
                     lines.append("; ".join(f"{model} < {base}: strain {d['strain_rmse']}/{len(seeds)}, phase "
