@@ -174,7 +174,7 @@ def _check_cluster(raw: Any) -> dict[str, Any]:
 
 def _check_gapfill(raw: Any) -> dict[str, Any]:
     from bcdi_gapfill import geometry
-    from bcdi_gapfill.inpaint import CLASSICAL_METHODS
+    from bcdi_gapfill.inpainting import CLASSICAL_METHODS
 
     raw = {} if raw is None else raw
     if not isinstance(raw, Mapping):
@@ -319,7 +319,7 @@ def _expected_record(settings: Mapping[str, Any]) -> dict[str, Any]:
                            "binning": settings["binning"] or [1, 1, 1]}
     if settings["method"] == "model":
         if settings["weights"] is None:
-            from bcdi_gapfill.inpaint import default_model_info
+            from bcdi_gapfill.inpainting import default_model_info
             expected["weights_sha256"] = default_model_info()["sha256"]
         else:
             expected["weights_sha256"] = gio.file_sha256(settings["weights"])

@@ -54,7 +54,7 @@ The ``gapfill:`` section (every key optional)
 ``weights``
     Weights file of the model (default: the shipped model).
 ``stride``, ``batch_size``, ``device``, ``flips``
-    As :func:`bcdi_gapfill.inpaint.inpaint`.
+    As :func:`bcdi_gapfill.inpainting.inpaint`.
 ``gap_from``
     ``mask`` (default): the gap is the long lines of detector pixels masked in every frame
     (works after bcdi's centring and cropping). ``detector``: the gap is the chip layout of
@@ -111,7 +111,7 @@ import numpy as np
 from bcdi_gapfill import bcdi_stage
 from bcdi_gapfill import io as gio
 from bcdi_gapfill import pipeline
-from bcdi_gapfill.inpaint import CLASSICAL_METHODS
+from bcdi_gapfill.inpainting import CLASSICAL_METHODS
 
 __all__ = ["GAPFILL_DEFAULTS", "REPORT_DEFAULTS", "load_config", "split_config", "check_gapfill_settings",
            "check_report_settings", "run_bcdi_preprocessing", "write_simulated_id01bliss_scan",

@@ -110,7 +110,7 @@ def _state_dict_sha256(net: Any) -> str:
 def _weights_record(model: Any) -> dict:
     """Which weights filled the gap: path and SHA-256 (of the file, or of the state dict)."""
     if model is None:
-        from bcdi_gapfill.inpaint import default_model_info
+        from bcdi_gapfill.inpainting import default_model_info
         info = default_model_info()
         return {"weights": info.get("weights"), "weights_sha256": info.get("sha256"), "weights_sha256_of": "file"}
     if isinstance(model, (str, os.PathLike)):
@@ -153,7 +153,7 @@ def fill_bcdi_arrays(data: np.ndarray, mask: np.ndarray | None, *, detector: Any
         Binning (frames, rows, columns) of ``data`` relative to the raw frames (with a
         detector name); default (1, 1, 1), or the detector object's current binning.
     method, model, stride, **inpaint_kwargs
-        Passed to :func:`bcdi_gapfill.inpaint.inpaint` (``device``, ``batch_size``,
+        Passed to :func:`bcdi_gapfill.inpainting.inpaint` (``device``, ``batch_size``,
         ``blend``, ``flips``, ``progress``). ``method="model"`` with ``model=None`` uses the
         shipped weights.
 
@@ -173,7 +173,7 @@ def fill_bcdi_arrays(data: np.ndarray, mask: np.ndarray | None, *, detector: Any
     copies are returned (``record["gap_voxels_filled"] == 0``).
     """
     if "return_uncertainty" in inpaint_kwargs:
-        raise TypeError("fill_bcdi_arrays does not return an uncertainty; call bcdi_gapfill.inpaint.inpaint "
+        raise TypeError("fill_bcdi_arrays does not return an uncertainty; call bcdi_gapfill.inpainting.inpaint "
                         "for that")
     data = np.asarray(data)
     if data.dtype == object or data.dtype.kind not in "biuf":
@@ -226,7 +226,7 @@ def fill_bcdi_arrays(data: np.ndarray, mask: np.ndarray | None, *, detector: Any
                       "mask are returned unchanged", UserWarning, stacklevel=2)
         return filled, new_mask, record
 
-    from bcdi_gapfill.inpaint import inpaint
+    from bcdi_gapfill.inpainting import inpaint
 
     # What the filler reads: bcdi's values, with non-finite and negative values (e.g. after
     # background subtraction) read as 0 photons. Gap values are never read.

@@ -174,7 +174,7 @@ def calibrate(seeds: Sequence[int] = (400_000, 400_001, 400_002), *, size: int =
     size, width : int
         Array size (voxels per axis) and gap width (pixels).
     model, stride, num_threads
-        Passed to :func:`bcdi_gapfill.inpaint.inpaint` (None: the shipped model and
+        Passed to :func:`bcdi_gapfill.inpainting.inpaint` (None: the shipped model and
         inpaint's default stride).
     flips : bool
         Test-time flips (the uncertainty then also holds the spread between flipped views).
@@ -195,7 +195,7 @@ def calibrate(seeds: Sequence[int] = (400_000, 400_001, 400_002), *, size: int =
         the rank correlation of ``|error|`` with ``log1p`` of the fill itself: a reference
         the uncertainty should beat to carry information of its own.
     """
-    from bcdi_gapfill.inpaint import inpaint
+    from bcdi_gapfill.inpainting import inpaint
     from bcdi_gapfill.simulate import simulate_pattern
 
     seeds = [int(s) for s in seeds]

@@ -28,7 +28,7 @@ data. Nothing private is patched and the originals are never written::
 The gap is found from the mask as for bcdi (:func:`bcdi_gapfill.geometry.gap_mask_from_mask`:
 long lines of detector pixels masked in every frame), filled by
 :func:`bcdi_gapfill.bcdi_stage.fill_bcdi_arrays` (which calls
-:func:`bcdi_gapfill.inpaint.inpaint`), and released from the mask; hot pixels and aliens stay
+:func:`bcdi_gapfill.inpainting.inpaint`), and released from the mask; hot pixels and aliens stay
 masked. The gap must be filled in the detector frame: with cdiutils'
 ``orthogonalise_before_phasing=True`` the saved pair is already regridded to q-space, where
 the gap is no longer a set of detector lines, and the stage refuses it.

@@ -84,7 +84,7 @@ def _cmd_inpaint(args: argparse.Namespace) -> int:
 
     import numpy as np
     from bcdi_gapfill import io
-    from bcdi_gapfill.inpaint import inpaint, default_model_info
+    from bcdi_gapfill.inpainting import inpaint, default_model_info
 
     protect = [args.input] + ([args.mask] if args.mask else [])
     out_path, extra_path = _inpaint_outputs(args.output)
@@ -134,7 +134,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 def _cmd_validate(args: argparse.Namespace) -> int:
     import numpy as np
     from bcdi_gapfill import io
-    from bcdi_gapfill.validate import validate, write_report
+    from bcdi_gapfill.validation import validate, write_report
 
     obj = None
     if args.object:
@@ -225,7 +225,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, default=64, help="array size when simulating")
     p.add_argument("--gap", default="cross:9", help="cross:W, vertical:W, horizontal:W or a detector name")
     p.add_argument("--gap-offset", type=int, default=0, help="shift of the gap from the peak centre, pixels")
-    p.add_argument("--mode", choices=("oracle", "pr", "both"), default="oracle")
+    p.add_argument("--mode", choices=("pr", "oracle", "both"), default="pr",
+                   help="pr (default): phase retrieval of each treatment, free pixels and zero fill among "
+                        "them; oracle: the true reciprocal phases, the fill alone (seconds); both. "
+                        "The default run prints its expected duration: about 1-2 min at the default "
+                        "--size 64, 8-10 min at --size 128 on a 2-core CPU (4 starts x 800 iterations "
+                        "x 7 methods); --starts 2 halves it")
     p.add_argument("--counts", type=float, default=1e6, help="peak photon count of the Poisson noise")
     p.add_argument("--sweep", default=None, help="gap widths to sweep, e.g. 3,6,9,12")
     p.add_argument("--methods", default=None,

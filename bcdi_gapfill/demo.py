@@ -45,7 +45,7 @@ def run_demo(out_dir: str | Path = "demo_output", *, size: int = 96, seed: int =
              overwrite: bool = True) -> dict:
     """Run the demo and return its summary (also written to ``out_dir/demo.json``)."""
     from bcdi_gapfill.geometry import synthetic_gap_mask
-    from bcdi_gapfill.inpaint import default_model_info, inpaint
+    from bcdi_gapfill.inpainting import default_model_info, inpaint
     from bcdi_gapfill.io import atomic_write_text, save_array
     from bcdi_gapfill.metrics import pcc_gap
     from bcdi_gapfill.simulate import simulate_pattern
@@ -77,7 +77,7 @@ def run_demo(out_dir: str | Path = "demo_output", *, size: int = 96, seed: int =
     print(f"  figure: {out / 'before_after.png'}")
     # Real-space check (paper section 2.6.1): the oracle reconstruction of a zero-phase crystal
     # with each treatment of the gap, written as the validation report.
-    from bcdi_gapfill.validate import validate, write_report
+    from bcdi_gapfill.validation import validate, write_report
     report = validate(seed=seed, size=64, gap=f"cross:{width}", gap_offset=4, mode="oracle", progress=False)
     paths = write_report(report, out / "validation", figures=getattr(report, "figures", None), overwrite=True)
     summary["validation"] = {name: {k: m.get(k) for k in ("strain_rmse", "phase_std", "pcc_gap")}

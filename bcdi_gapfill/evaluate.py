@@ -10,7 +10,7 @@ Protocol
   ``headroom`` = (PCC - PCC_linear) / (PCC_ceiling - PCC_linear): the share of the way
   from linear interpolation to the ceiling that a fill closes.
 * Whole arrays: 128^3 simulated patterns (seeds 300000...) with a cross gap of 3, 6, 9 and
-  12 pixels near the peak, inpainted as a user would (`bcdi_gapfill.inpaint`), PCC over all
+  12 pixels near the peak, inpainted as a user would (`bcdi_gapfill.inpainting`), PCC over all
   gap voxels, with the wall time of each method.
 * Breakdowns: PCC against the mean photon count of the portion (Fig. 5) and against the
   oversampling ratio (Fig. 6); in-gap slices of truth, model and classical fills (Figs. 3, 4).
@@ -138,7 +138,7 @@ def whole_array_table(models: dict[str, Any], n_arrays: int = 4, size: int = 128
     PCC and headroom of each method) and, for the first array of the first width, the slices
     of the in-gap figure.
     """
-    from bcdi_gapfill.inpaint import inpaint
+    from bcdi_gapfill.inpainting import inpaint
     from bcdi_gapfill.metrics import pcc_gap
     from bcdi_gapfill.simulate import simulate_pattern
 
@@ -299,7 +299,7 @@ def run_evaluation(out_dir: str | Path, *, n_portions: int = 1000, n_arrays: int
         import torch
         torch.set_num_threads(num_threads)
     from bcdi_gapfill.dataset import cached_portion_bank
-    from bcdi_gapfill.inpaint import load_model
+    from bcdi_gapfill.inpainting import load_model
     from bcdi_gapfill.io import atomic_write_text
 
     out = Path(out_dir)

@@ -164,7 +164,7 @@ def _base_model(model: Any):
     from bcdi_gapfill.model import PatchUNet
 
     if model is None or isinstance(model, (str, Path)):
-        from bcdi_gapfill.inpaint import load_model
+        from bcdi_gapfill.inpainting import load_model
         net, info = load_model(model, "cpu")  # the cached instance: copied below, never trained
     elif isinstance(model, PatchUNet):
         net, info = model, dict(getattr(model, "gapfill_info", None) or {})  # set by load_model
@@ -335,7 +335,7 @@ def finetune(counts: np.ndarray, gap_mask: np.ndarray, *, model: Any = None, n_p
     Parameters
     ----------
     counts : ndarray, shape (frames, rows, columns)
-        Photon counts, finite and >= 0 (the checks of `bcdi_gapfill.inpaint.inpaint`).
+        Photon counts, finite and >= 0 (the checks of `bcdi_gapfill.inpainting.inpaint`).
     gap_mask : bool ndarray, same shape
         True where the detector measured nothing. Its widest band sets the width of the
         artificial gaps (`bcdi_gapfill.geometry.gap_width`).
@@ -413,7 +413,7 @@ def finetune(counts: np.ndarray, gap_mask: np.ndarray, *, model: Any = None, n_p
     import torch
     from bcdi_gapfill.dataset import WINDOW, GapPortionDataset
     from bcdi_gapfill.geometry import gap_width
-    from bcdi_gapfill.inpaint import _validate
+    from bcdi_gapfill.inpainting import _validate
     from bcdi_gapfill.train import gap_loss
 
     t_start = time.perf_counter()
@@ -662,7 +662,7 @@ def save_finetuned(result: FinetuneResult, path: str | Path, *, overwrite: bool 
     """
     import torch
     from bcdi_gapfill import __version__
-    from bcdi_gapfill.inpaint import DEFAULT_WEIGHTS, _load_cached
+    from bcdi_gapfill.inpainting import DEFAULT_WEIGHTS, _load_cached
     from bcdi_gapfill.io import atomic_write_bytes, atomic_write_text
 
     if not isinstance(result, FinetuneResult):

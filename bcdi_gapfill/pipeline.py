@@ -22,7 +22,7 @@ Steps of :func:`run_workflow`:
    left unconstrained) and ``zero_fill`` (the gap constrained to zero). Hot pixels and
    other masked voxels are free in every run. A simulated input adds ``no_gap``, the complete
    pattern, as the reference;
-4. a report (``report.json`` and ``report.html``, :func:`bcdi_gapfill.validate.write_report`):
+4. a report (``report.json`` and ``report.html``, :func:`bcdi_gapfill.validation.write_report`):
    for every phasing the Poisson LLK against the measured (non-masked) voxels, the same for
    all (``llk_measured``, comparable between methods), the LLK against the data it was given
    (``llk``), the support size, the time; the number of gap voxels filled. A simulated input
@@ -436,7 +436,7 @@ def _figures(sim: SimulatedPair, data: np.ndarray, mask: np.ndarray, gap: np.nda
              slices: Mapping[str, dict], support: np.ndarray, q, voxel):
     """The validation report's figures (reciprocal-space cuts, real-space slices) of a simulated run."""
     from bcdi_gapfill import metrics as M
-    from bcdi_gapfill.validate import FigureData, _plane_specs, _real_crop
+    from bcdi_gapfill.validation import FigureData, _plane_specs, _real_crop
 
     planes = _plane_specs(gap)
     cut = [lambda a, ax=ax, i=i: np.take(a, i, axis=ax) for _, ax, i, _, _ in planes]
@@ -534,7 +534,7 @@ def run_workflow(config: str | os.PathLike | Mapping[str, Any], out_dir: str | o
     """
     from bcdi_gapfill.bcdi_stage import fill_bcdi_files
     from bcdi_gapfill.phasing import CDIState, phase_retrieval
-    from bcdi_gapfill.validate import _finite_or_none, _truth_support, _versions, write_report
+    from bcdi_gapfill.validation import _finite_or_none, _truth_support, _versions, write_report
 
     cfg = load_workflow_config(config)
     out = Path(out_dir if out_dir is not None else cfg["out_dir"])

@@ -11,7 +11,7 @@ with PyNX's own operators::
 
 :func:`write_pynx_input` needs no PyNX: it writes the ``.cxi`` (or ``.npz``) input of PyNX's
 command-line runner (``pynx-id01cdi.py`` in PyNX 2022.1, ``pynx-cdi-id01`` in later
-releases) from an intensity and a mask, e.g. after :func:`bcdi_gapfill.inpaint.inpaint`.
+releases) from an intensity and a mask, e.g. after :func:`bcdi_gapfill.inpainting.inpaint`.
 
 ``import bcdi_gapfill`` never imports PyNX, and neither does importing this module:
 PyNX is imported when ``InpaintGaps`` is first accessed, and a missing PyNX raises an
@@ -94,7 +94,7 @@ def _missing_pynx(exc: BaseException) -> ImportError:
         "bcdi_gapfill.pynx.InpaintGaps needs ESRF PyNX (pynx.cdi), which cannot be imported "
         f"({type(exc).__name__}: {exc}). Install PyNX (tested with {', '.join(TESTED_PYNX_VERSIONS)}; see "
         "http://ftp.esrf.fr/pub/scisoft/PyNX/), or phase without it: write_pynx_input() and "
-        "bcdi_gapfill.inpaint.inpaint() do not need PyNX.")
+        "bcdi_gapfill.inpainting.inpaint() do not need PyNX.")
 
 
 def _build_operator_class() -> type:
@@ -110,7 +110,7 @@ def _build_operator_class() -> type:
         ----------
         method : str
             ``"model"`` (the patching U-Net, shipped weights unless ``model`` is given) or a
-            classical fill of :func:`bcdi_gapfill.inpaint.inpaint` (``"biharmonic"``, ...).
+            classical fill of :func:`bcdi_gapfill.inpainting.inpaint` (``"biharmonic"``, ...).
         mode : {"replace", "estimate"}
             ``replace``: gap voxels become observed data (``iobs >= 0``), constraining every
             PyNX build. ``estimate``: gap voxels stay masked but carry the prediction as
@@ -119,7 +119,7 @@ def _build_operator_class() -> type:
         model : path or PatchUNet, optional
             Weights file or model for ``method="model"`` (loaded when the operator is applied).
         stride : int, optional
-            Window stride along the gap (see :func:`bcdi_gapfill.inpaint.inpaint`).
+            Window stride along the gap (see :func:`bcdi_gapfill.inpainting.inpaint`).
         uncertainty_threshold : float, optional
             With ``method="model"``: gap voxels whose prediction spread (standard deviation
             of ``log1p(counts)`` over the overlapping windows, and the flips with
@@ -130,7 +130,7 @@ def _build_operator_class() -> type:
             detector pixels masked in every frame (:func:`bcdi_gapfill.geometry.gap_mask_from_mask`
             on ``iobs <= -1e19``).
         **inpaint_kwargs
-            Passed to :func:`bcdi_gapfill.inpaint.inpaint` (``device``, ``batch_size``,
+            Passed to :func:`bcdi_gapfill.inpainting.inpaint` (``device``, ``batch_size``,
             ``blend``, ``flips``).
 
         Notes
@@ -153,7 +153,7 @@ def _build_operator_class() -> type:
                      stride: int | None = None, uncertainty_threshold: float | None = None,
                      gap_mask: np.ndarray | None = None, **inpaint_kwargs: Any):
             super().__init__()
-            from bcdi_gapfill.inpaint import CLASSICAL_METHODS
+            from bcdi_gapfill.inpainting import CLASSICAL_METHODS
             if method != "model" and method not in CLASSICAL_METHODS:
                 raise ValueError(f"unknown method {method!r}; choose 'model' or one of {CLASSICAL_METHODS}")
             if mode not in MODES:
@@ -183,7 +183,7 @@ def _build_operator_class() -> type:
 
         def op(self, cdi):
             from bcdi_gapfill.geometry import gap_mask_from_mask
-            from bcdi_gapfill.inpaint import inpaint
+            from bcdi_gapfill.inpainting import inpaint
 
             iobs = np.asarray(cdi.get_iobs(shift=False))
             if iobs.ndim != 3:
@@ -258,7 +258,7 @@ def write_pynx_input(path: str | os.PathLike, data: np.ndarray, mask: np.ndarray
         its ``mask=`` argument).
     data : ndarray, shape (frames, rows, columns)
         Intensity in the detector (centred) frame, as bcdi saves it; e.g. the output of
-        :func:`bcdi_gapfill.inpaint.inpaint`.
+        :func:`bcdi_gapfill.inpainting.inpaint`.
     mask : ndarray, optional
         Nonzero where masked (after gap filling, the gap voxels are 0).
     overwrite : bool

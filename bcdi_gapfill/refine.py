@@ -350,7 +350,7 @@ def refinement_table(oversamplings: tuple[float, ...] = (3.0, 4.5, 6.0), widths:
 
     from bcdi_gapfill.calibration import HELDOUT_FIRST_SEED, _cross_gap
     from bcdi_gapfill.classical import fill_gap
-    from bcdi_gapfill.inpaint import inpaint
+    from bcdi_gapfill.inpainting import inpaint
     from bcdi_gapfill.metrics import pcc_gap
     from bcdi_gapfill.simulate import simulate_pattern
 

@@ -257,7 +257,7 @@ def scan_table(models: dict[str, Any], scans: Sequence[CdiutilsScan], *, stride:
     Parameters
     ----------
     models : dict
-        ``{name: model}``; each model is what :func:`bcdi_gapfill.inpaint.inpaint` takes as
+        ``{name: model}``; each model is what :func:`bcdi_gapfill.inpainting.inpaint` takes as
         ``model`` (a weights path, a ``PatchUNet``, or None for the shipped default). Names
         must differ from ``"linear"`` and ``"biharmonic"``.
     scans : sequence of CdiutilsScan
@@ -284,7 +284,7 @@ def scan_table(models: dict[str, Any], scans: Sequence[CdiutilsScan], *, stride:
     if not scans or not all(isinstance(s, CdiutilsScan) for s in scans):
         raise TypeError("scans must be a non-empty sequence of CdiutilsScan (from cdiutils_scan_set)")
 
-    from bcdi_gapfill.inpaint import inpaint
+    from bcdi_gapfill.inpainting import inpaint
     from bcdi_gapfill.metrics import pcc_gap
 
     fills = [*BASELINE_FILLS, *models]

@@ -58,7 +58,7 @@ def load_model(weights: str | None):
     else an untrained ``build_model("gapfill")`` (same architecture and cost); a path to a
     weights file, or to a training checkpoint (``checkpoint.pt`` / ``best.pt``)."""
     import torch
-    from bcdi_gapfill.inpaint import DEFAULT_WEIGHTS
+    from bcdi_gapfill.inpainting import DEFAULT_WEIGHTS
     from bcdi_gapfill.model import build_model
 
     if weights is None:

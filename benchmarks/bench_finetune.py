@@ -62,7 +62,7 @@ def main(argv=None) -> dict:
     from bcdi_gapfill import finetune as ft
     from bcdi_gapfill.finetune import finetune
     from bcdi_gapfill.geometry import synthetic_gap_mask
-    from bcdi_gapfill.inpaint import inpaint, load_model
+    from bcdi_gapfill.inpainting import inpaint, load_model
     from bcdi_gapfill.metrics import pcc_gap
     from bcdi_gapfill.simulate import simulate_pattern
 

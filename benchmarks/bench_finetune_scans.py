@@ -36,7 +36,7 @@ def main(argv=None) -> dict:
 
     import torch
     from bcdi_gapfill.finetune import finetune
-    from bcdi_gapfill.inpaint import inpaint
+    from bcdi_gapfill.inpainting import inpaint
     from bcdi_gapfill.metrics import pcc_gap
     from bcdi_gapfill.scans import cdiutils_scan_set
 

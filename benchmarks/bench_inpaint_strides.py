@@ -33,7 +33,7 @@ WIDTH = 6
 def _run(args: dict) -> dict:
     import numpy as np
     from bcdi_gapfill.geometry import synthetic_gap_mask
-    from bcdi_gapfill.inpaint import inpaint, plan_windows
+    from bcdi_gapfill.inpainting import inpaint, plan_windows
     from bcdi_gapfill.metrics import pcc_gap
 
     truth = C.simulated(args["size"], args["seed"])

@@ -55,13 +55,13 @@ def _huge_data(n: int, seed: int):
 def _run_huge(args: dict) -> dict:
     import numpy as np
     from bcdi_gapfill.geometry import synthetic_gap_mask
-    from bcdi_gapfill.inpaint import estimate_memory, plan_windows
+    from bcdi_gapfill.inpainting import estimate_memory, plan_windows
 
     if args["version"] == "old":
         from bench_speedup import _old_module
         module = _old_module(args["ref"])
     else:
-        from bcdi_gapfill import inpaint as module
+        from bcdi_gapfill import inpainting as module
     n = args["size"]
     data = _huge_data(n, args["seed"])
     gap = synthetic_gap_mask(data.shape, "cross", 6)
@@ -82,7 +82,7 @@ def _run(args: dict) -> dict:
     import numpy as np
     if args.get("huge"):
         return _run_huge(args)
-    from bcdi_gapfill.inpaint import _bands, inpaint, plan_windows
+    from bcdi_gapfill.inpainting import _bands, inpaint, plan_windows
     from bcdi_gapfill.metrics import pcc_gap
 
     shape = (args["frames"], 300, 300)
@@ -94,7 +94,7 @@ def _run(args: dict) -> dict:
            "bands": {axis: [list(b) for b in _bands(gap, axis)] for axis in (1, 2)}}
     kwargs = {"method": args["method"]}
     if args["method"] == "model":
-        from bcdi_gapfill.inpaint import DEFAULT_WEIGHTS
+        from bcdi_gapfill.inpainting import DEFAULT_WEIGHTS
         if args.get("weights") is None and DEFAULT_WEIGHTS.is_file():
             model = None  # inpaint's own default: the shipped weights with their card (max gap width)
         else:

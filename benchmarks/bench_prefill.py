@@ -36,7 +36,7 @@ METHODS = ("linear", "biharmonic", "model_window", "model_global")
 def _score(counts, truth, expected, gap, model, stride: int, flips: bool = False) -> dict:
     """Every fill of METHODS on one array: in-gap PCC against the noisy truth and the
     noise-free expectation, headroom, seconds."""
-    from bcdi_gapfill.inpaint import inpaint
+    from bcdi_gapfill.inpainting import inpaint
     from bcdi_gapfill.metrics import pcc_gap
 
     row = {"load1_before": C.machine()["loadavg"][0], "ceiling": float(pcc_gap(truth, expected, gap))}
@@ -81,7 +81,7 @@ def main(argv=None) -> dict:
 
     import torch
     from bcdi_gapfill.evaluate import whole_array_gap
-    from bcdi_gapfill.inpaint import load_model
+    from bcdi_gapfill.inpainting import load_model
     from bcdi_gapfill.simulate import simulate_pattern
 
     torch.set_num_threads(opts.threads)

@@ -46,7 +46,7 @@ def _score(counts, truth, expected, gap, model, stride: int) -> dict:
     """Every fill of FILLS on one array: in-gap PCC of log1p against the noisy truth, headroom
     from count-linear interpolation (the issue's definition) and seconds."""
     from bcdi_gapfill.classical import fill_gap
-    from bcdi_gapfill.inpaint import inpaint
+    from bcdi_gapfill.inpainting import inpaint
     from bcdi_gapfill.metrics import pcc_gap
 
     row = {"ceiling": float(pcc_gap(truth, expected, gap))}
@@ -121,7 +121,7 @@ def main(argv=None) -> dict:
 
     import torch
     from bcdi_gapfill.evaluate import whole_array_gap
-    from bcdi_gapfill.inpaint import load_model
+    from bcdi_gapfill.inpainting import load_model
     from bcdi_gapfill.simulate import simulate_pattern
 
     torch.set_num_threads(opts.threads)

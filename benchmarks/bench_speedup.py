@@ -40,7 +40,7 @@ def _run(args: dict) -> dict:
     import numpy as np
     import torch
     from bcdi_gapfill.geometry import synthetic_gap_mask
-    from bcdi_gapfill import inpaint as new
+    from bcdi_gapfill import inpainting as new
 
     module = _old_module(args["ref"]) if args["version"] == "old" else new
     truth = C.simulated(args["size"], args["seed"])

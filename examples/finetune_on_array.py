@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from bcdi_gapfill.finetune import finetune, finetuned_weights_path, save_finetuned
-from bcdi_gapfill.inpaint import inpaint
+from bcdi_gapfill.inpainting import inpaint
 from bcdi_gapfill.metrics import pcc_gap
 from bcdi_gapfill.simulate import simulate_pattern
 

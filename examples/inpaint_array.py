@@ -1,6 +1,6 @@
 """Inpaint the chip-gap cross of a simulated 3D BCDI pattern held in a numpy array.
 
-Shows the array API, ``bcdi_gapfill.inpaint.inpaint(data, gap_mask, method=...)``:
+Shows the array API, ``bcdi_gapfill.inpainting.inpaint(data, gap_mask, method=...)``:
 
 1. simulate a 3D pattern (frames, rows, columns) with ``simulate_pattern``;
 2. cut out a Maxipix chip cross (bcdi's real layout: 6-pixel gaps at rows/columns
@@ -16,7 +16,7 @@ import sys
 import time
 
 from bcdi_gapfill.geometry import detector_gap_mask
-from bcdi_gapfill.inpaint import inpaint
+from bcdi_gapfill.inpainting import inpaint
 from bcdi_gapfill.metrics import pcc_gap
 from bcdi_gapfill.simulate import simulate_pattern
 

@@ -34,7 +34,7 @@ def run(directory: Path) -> int:
 
     from bcdi_gapfill.cdiutils_stage import fill_pipeline_gaps, pipeline_input_paths
     from bcdi_gapfill.geometry import gap_mask_from_mask
-    from bcdi_gapfill.inpaint import inpaint
+    from bcdi_gapfill.inpainting import inpaint
     from bcdi_gapfill.metrics import pcc_gap
     from bcdi_gapfill.scans import simulate_cdiutils_scan, write_id01_master_file
 

@@ -185,7 +185,7 @@ def test_series_with_the_shipped_model_resumes(tmp_path, client):
     row = batch.run_series(config, client=client, progress=False)["scans"][0]
     assert row["status"] == "ok", row["error"]
     record = json.loads(open(row["outputs"]["record"]).read())
-    from bcdi_gapfill.inpaint import default_model_info
+    from bcdi_gapfill.inpainting import default_model_info
     assert record["method"] == "model" and record["weights_sha256"] == default_model_info()["sha256"]
     assert batch.run_series(config, client=client, progress=False)["scans"][0]["status"] == "skipped"
 

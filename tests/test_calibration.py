@@ -9,7 +9,7 @@ import torch
 
 from bcdi_gapfill import calibration as C
 from bcdi_gapfill.geometry import synthetic_gap_mask
-from bcdi_gapfill.inpaint import inpaint
+from bcdi_gapfill.inpainting import inpaint
 from bcdi_gapfill.model import build_model
 
 SMALL = {"filters": [4, 8, 8, 8], "final_filters": [4, 4, 4], "prefill_iterations": 20}

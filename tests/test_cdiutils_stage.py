@@ -21,7 +21,7 @@ from bcdi_gapfill import scans  # noqa: E402
 from bcdi_gapfill.cdiutils_stage import (  # noqa: E402
     cdiutils_output_paths, fill_cdiutils_files, fill_pipeline_gaps, pipeline_input_paths)
 from bcdi_gapfill.geometry import gap_mask_from_mask  # noqa: E402
-from bcdi_gapfill.inpaint import inpaint  # noqa: E402
+from bcdi_gapfill.inpainting import inpaint  # noqa: E402
 from bcdi_gapfill.metrics import pcc_gap  # noqa: E402
 
 SHAPE = (32, 64, 64)     # frames, rows, columns: the smallest crop the model serves

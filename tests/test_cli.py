@@ -6,7 +6,7 @@ import pytest
 
 from bcdi_gapfill import io
 from bcdi_gapfill.cli import main
-from bcdi_gapfill.inpaint import DEFAULT_WEIGHTS
+from bcdi_gapfill.inpainting import DEFAULT_WEIGHTS
 
 
 @pytest.fixture()
@@ -74,7 +74,7 @@ def _must_not_run(*args, **kwargs):
 def test_inpaint_command_checks_every_output_before_computing(tmp_path, pattern_file, monkeypatch, capsys):
     """An existing record (or any other output that cannot be written) stops the command before it
     reads or computes anything, and nothing is written."""
-    import bcdi_gapfill.inpaint as inp
+    import bcdi_gapfill.inpainting as inp
     data_path, mask_path, _ = pattern_file
     monkeypatch.setattr(io, "load_data_and_mask", _must_not_run)
     monkeypatch.setattr(inp, "inpaint", _must_not_run)

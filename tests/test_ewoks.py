@@ -97,7 +97,7 @@ def test_array_task_with_the_shipped_model():
     filled, new_mask, record = outputs["data"], outputs["mask"], outputs["record"]
     assert filled.dtype == np.float32 and np.array_equal(filled[~gap], data[~gap])
     assert np.isfinite(filled[gap]).all() and (filled[gap] >= 0).all() and not new_mask[gap].any()
-    from bcdi_gapfill.inpaint import default_model_info
+    from bcdi_gapfill.inpainting import default_model_info
     assert record["method"] == "model" and record["weights_sha256"] == default_model_info()["sha256"]
     assert record["gap_voxels_filled"] == int(gap.sum())
 

@@ -107,13 +107,7 @@ def test_pynx_operator_chain_without_pynx_exits_0(tmp_path):
 
 
 def test_validate_own_object(tmp_path):
-    if importlib.util.find_spec("bcdi_gapfill.validate") is None:
-        pytest.skip("bcdi_gapfill.validate is not in this checkout yet; the example needs it")
     out = _run_example("validate_own_object.py", tmp_path)
     assert "strain RMSE" in out, out
     assert re.search(r"^biharmonic\s+\S+\s+\S+\s+\S+", out, re.M), out
 
-
-def test_validate_own_object_without_validate_exits_0(tmp_path):
-    out = _run_without("bcdi_gapfill.validate", "validate_own_object.py", tmp_path)
-    assert "bcdi_gapfill.validate is not available" in out

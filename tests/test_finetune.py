@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from bcdi_gapfill import finetune as ft
-from bcdi_gapfill.inpaint import DEFAULT_WEIGHTS, inpaint, load_model
+from bcdi_gapfill.inpainting import DEFAULT_WEIGHTS, inpaint, load_model
 from bcdi_gapfill.io import file_sha256
 
 # (frames, rows, columns): the columns hold two 32-voxel halves (training, held-out), and a

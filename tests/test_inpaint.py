@@ -4,7 +4,7 @@ import torch
 from hypothesis import given, settings, strategies as st
 
 from bcdi_gapfill.geometry import synthetic_gap_mask
-from bcdi_gapfill.inpaint import inpaint, load_model, plan_windows
+from bcdi_gapfill.inpainting import inpaint, load_model, plan_windows
 from bcdi_gapfill.model import build_model
 
 SMALL = {"filters": [4, 8, 8, 8], "final_filters": [4, 4, 4], "prefill_iterations": 20}
@@ -127,7 +127,7 @@ def test_fast_path_matches_plain_per_window_path(small_model, small_pattern, pre
     """
     from bcdi_gapfill.classical import fill_gap
     from bcdi_gapfill.dataset import log_normalise
-    from bcdi_gapfill.inpaint import _taper
+    from bcdi_gapfill.inpainting import _taper
     data = small_pattern.counts
     gap = synthetic_gap_mask(data.shape, "cross", 6)
     fast = inpaint(data, gap, model=small_model, stride=16, batch_size=7, prefill=prefill)

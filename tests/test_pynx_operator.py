@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from bcdi_gapfill.geometry import synthetic_gap_mask
-from bcdi_gapfill.inpaint import inpaint
+from bcdi_gapfill.inpainting import inpaint
 from bcdi_gapfill.pynx import PYNX_MASKED, decode_estimates, encode_estimates, write_pynx_input
 
 SHAPE = (64, 64, 64)

@@ -31,7 +31,7 @@ from bcdi_gapfill import io as gio
 from bcdi_gapfill.bcdi_stage import fill_bcdi_arrays
 from bcdi_gapfill.classical import fill_gap
 from bcdi_gapfill.cli import main
-from bcdi_gapfill.inpaint import estimate_memory, inpaint
+from bcdi_gapfill.inpainting import estimate_memory, inpaint
 from bcdi_gapfill.model import build_model
 
 SMALL = {"filters": [4, 8, 8, 8], "final_filters": [4, 4, 4], "prefill_iterations": 20}
@@ -44,8 +44,29 @@ HYPO = dict(deadline=None, database=None, derandomize=True,
 
 @pytest.fixture(scope="module")
 def net():
+    """A small model whose output depends on its input window.
+
+    A residual head starts at zero (the output is then the prefill, whatever the window), which
+    would hide mis-ordered, mixed-up or mis-blended windows: its weights are drawn instead.
+    """
     torch.manual_seed(0)
-    return build_model(SMALL).eval()
+    model = build_model(SMALL).eval()
+    with torch.no_grad():
+        model.head.weight.normal_(0.0, 0.5)
+        model.head.bias.fill_(0.05)
+    return model
+
+
+def test_the_small_net_output_depends_on_the_window(net):
+    rng = np.random.default_rng(0)
+    windows = torch.from_numpy(rng.random((2, net.config.in_channels, 32, 32, 32), dtype=np.float32))
+    windows[:, 1:] = (windows[:, 1:] > 0.9).float()   # gap channel(s): a few voxels
+    gap = windows[:, 1:2] > 0.5
+    with torch.no_grad():
+        out = net(windows)
+        base = net.prefill(windows[:, :1], gap)
+    assert not torch.allclose(out[gap], base[gap], atol=1e-3)   # not the prefill passed through
+    assert not torch.allclose(out[0], out[1], atol=1e-3)      # two windows, two outputs
 
 
 @pytest.fixture(scope="module")
@@ -308,7 +329,7 @@ def test_fill_bcdi_arrays_reads_bad_values_as_zero_and_keeps_them():
     ({"gap_offset": 1.5}, TypeError, r"gap_offset.*1\.5"),
 ])
 def test_validate_bad_input(kwargs, exc, match):
-    from bcdi_gapfill.validate import validate
+    from bcdi_gapfill.validation import validate
     args = {"obj": np.pad(np.ones((4, 4, 4), complex), 6), "methods": ["zero_fill"], "progress": False,
             **kwargs}
     with pytest.raises(exc, match=match):
@@ -647,18 +668,29 @@ def _cross_scene():
     return data, gap
 
 
+def _assert_same_fill(out, ref, gap):
+    """Measured voxels bit for bit; gap voxels to float32 rounding.
+
+    oneDNN picks its convolution kernels by batch size, so batches of 1 or 3 windows round a
+    few gap voxels differently from batches of 2 or 4 (2e-6 relative measured with this net);
+    a window mixed up or misplaced would differ by its whole correction.
+    """
+    assert np.array_equal(out[~gap].view(np.uint32), ref[~gap].view(np.uint32))
+    np.testing.assert_allclose(out[gap], ref[gap], rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("scene", [_band_scene, _cross_scene])
-def test_inpaint_bit_identical_across_batch_sizes(net, scene):
-    """Batch size is a speed setting only: the same windows give the same bits in any batching
+def test_inpaint_identical_across_batch_sizes(net, scene):
+    """Batch size is a speed setting only: the same windows give the same fill in any batching
     (and so when the memory check shrinks the batch)."""
-    from bcdi_gapfill.inpaint import plan_windows
+    from bcdi_gapfill.inpainting import plan_windows
     data, gap = scene()
     n_windows = len(plan_windows(gap, 32, 8))
     assert n_windows >= 6
     ref = inpaint(data, gap, model=net, device="cpu", batch_size=n_windows)
     for batch_size in (1, 2, 3, 4):
         out = inpaint(data, gap, model=net, device="cpu", batch_size=batch_size)
-        assert np.array_equal(out.view(np.uint32), ref.view(np.uint32)), batch_size
+        _assert_same_fill(out, ref, gap)
 
 
 # ------------------------------------------------------------------------------- memory
@@ -677,7 +709,7 @@ def test_estimate_memory_grows_with_the_job():
 
 
 def test_memory_check_names_the_global_fill(monkeypatch):
-    import bcdi_gapfill.inpaint as inp
+    import bcdi_gapfill.inpainting as inp
 
     data, gap = _band_scene()
 
@@ -690,7 +722,7 @@ def test_memory_check_names_the_global_fill(monkeypatch):
 
 
 def test_memory_check_refuses_before_allocating(monkeypatch, tmp_path):
-    import bcdi_gapfill.inpaint as inp
+    import bcdi_gapfill.inpainting as inp
 
     monkeypatch.setattr(inp, "_available_memory", lambda: 2 ** 20)  # a 1 MiB machine
     data, gap = _band_scene()
@@ -716,7 +748,7 @@ def test_memory_check_shrinks_the_batch(net):
 
 
 def test_memory_error_at_the_cli(monkeypatch, cli_files, weights_file, capsys):
-    import bcdi_gapfill.inpaint as inp
+    import bcdi_gapfill.inpainting as inp
 
     monkeypatch.setattr(inp, "_available_memory", lambda: 2 ** 20)
     out = cli_files / "mem.npz"
@@ -748,8 +780,8 @@ def _forward_with_memory_of(limit, error):
     torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (simulated)"),
     RuntimeError("CUDA error: out of memory (simulated)"),
 ], ids=["OutOfMemoryError", "RuntimeError"])
-def test_out_of_memory_halves_the_batch_bit_identically(net, monkeypatch, error):
-    """A batch that does not fit is halved and its windows retried; the result keeps every bit."""
+def test_out_of_memory_halves_the_batch_and_keeps_the_fill(net, monkeypatch, error):
+    """A batch that does not fit is halved and its windows retried; the result is the same fill."""
     from bcdi_gapfill.model import PatchUNet
     data, gap = _cross_scene()
     before = data.copy()
@@ -763,7 +795,7 @@ def test_out_of_memory_halves_the_batch_bit_identically(net, monkeypatch, error)
     assert messages == [f"out of memory on cpu with {n} windows per batch; retrying with batch_size {n // 2}"
                         for n in (8, 4)]
     assert info["batch_size"] == 2 and info["n_windows"] > 8 and max(seen) == 8
-    assert np.array_equal(out.view(np.uint32), ref.view(np.uint32))
+    _assert_same_fill(out, ref, gap)
     assert np.array_equal(data, before)
 
 
@@ -810,7 +842,7 @@ def test_cli_records_the_batch_size_used(monkeypatch, tmp_path, weights_file, ca
 # ------------------------------------------------ the gap-width limit of a loaded model object
 
 def test_model_object_from_load_model_keeps_the_card_limit(tmp_path, net):
-    from bcdi_gapfill.inpaint import load_model
+    from bcdi_gapfill.inpainting import load_model
     path = tmp_path / "carded.pt"
     torch.save({"config": net.config.to_dict(), "state_dict": net.state_dict()}, path)
     path.with_suffix(".json").write_text(json.dumps({"sha256": gio.file_sha256(path), "max_gap_width": 6}))
@@ -828,7 +860,7 @@ def test_model_object_from_load_model_keeps_the_card_limit(tmp_path, net):
 
 
 def test_shipped_model_object_keeps_the_card_limit():
-    from bcdi_gapfill.inpaint import DEFAULT_WEIGHTS, load_model
+    from bcdi_gapfill.inpainting import DEFAULT_WEIGHTS, load_model
     card = json.loads(DEFAULT_WEIGHTS.with_suffix(".json").read_text())
     width = card["max_gap_width"] + 2
     data = _ones(shape=(40, 40, 40))
@@ -867,7 +899,7 @@ def test_cli_reports_file_import_and_memory_errors(monkeypatch, capsys, exc, mat
 
 def test_cli_reports_the_package_errors(monkeypatch, capsys):
     import bcdi_gapfill.cli as cli
-    from bcdi_gapfill.inpaint import InsufficientMemoryError
+    from bcdi_gapfill.inpainting import InsufficientMemoryError
     from bcdi_gapfill.phasing import SupportError
     for exc in (SupportError("every start lost its support; try a lower shrink-wrap threshold"),
                 InsufficientMemoryError("needs about 12 GiB")):

@@ -65,7 +65,7 @@ def test_export_weights_writes_card_with_hash(tmp_path, tiny_bank):
     train(TrainConfig(out_dir=str(tmp_path / "run"), model=TINY, train_data=[bank], batch_size=4, epochs=1,
                       max_steps=2, cache_dir=None), progress=False)
     card = export_weights(tmp_path / "run" / "checkpoint.pt", tmp_path / "w.pt", {"max_gap_width": 12})
-    from bcdi_gapfill.inpaint import load_model
+    from bcdi_gapfill.inpainting import load_model
     model, info = load_model(tmp_path / "w.pt")
     assert info["sha256"] == card["sha256"] and info["max_gap_width"] == 12
     # A weights file changed after its card was written is refused.

@@ -14,18 +14,15 @@ import tempfile
 import numpy as np
 import pytest
 
-from bcdi_gapfill import validate as V
+from bcdi_gapfill import validation as V
 
 CLASSICAL = ("biharmonic", "zero_fill", "linear_interp", "no_gap")
 FAST_PR = "ER**20 * (Sup * HIO**20)**3"
 
 
 def _inpaint_module():
-    try:
-        from bcdi_gapfill import inpaint
-    except ImportError as exc:  # the lead's module may not have landed yet
-        pytest.skip(f"bcdi_gapfill.inpaint is not importable yet: {exc}")
-    return inpaint
+    from bcdi_gapfill import inpainting
+    return inpainting
 
 
 def _numbers(obj, path=""):
@@ -115,7 +112,7 @@ def test_user_object_and_detector_gap():
 
 
 def test_gap_offset_moves_the_bands():
-    from bcdi_gapfill.validate import _gap_mask
+    from bcdi_gapfill.validation import _gap_mask
 
     centred, _ = _gap_mask("cross:4", (8, 32, 32))
     moved, _ = _gap_mask("cross:4", (8, 32, 32), (3, -2))
@@ -222,20 +219,41 @@ def test_inpaint_skipped_only_when_defaulted(monkeypatch):
 
     monkeypatch.setattr(inp, "default_model_info", missing)
     with pytest.warns(RuntimeWarning, match="inpaint method was skipped"):
-        rep = V.validate(seed=0, size=32, gap="cross:3", progress=False)
+        rep = V.validate(seed=0, size=32, gap="cross:3", mode="oracle", progress=False)
     assert "inpaint" not in rep["methods"] and "inpaint" in rep["settings"]["skipped_methods"]
     assert rep["settings"]["model"] is None
     with pytest.raises(FileNotFoundError):
-        V.validate(seed=0, size=32, gap="cross:3", methods=("inpaint",), progress=False)
+        V.validate(seed=0, size=32, gap="cross:3", methods=("inpaint",), mode="oracle", progress=False)
 
 
 def test_model_info_recorded_when_available(monkeypatch):
     inp = _inpaint_module()
     monkeypatch.setattr(inp, "default_model_info", lambda: {"sha256": "ab" * 32, "weights": "w.pt"})
     monkeypatch.setattr(inp, "inpaint", lambda data, gap, **kw: V._fill("biharmonic", data, gap, None))
-    rep = V.validate(seed=0, size=32, gap="cross:3", methods=("inpaint",), progress=False)
+    rep = V.validate(seed=0, size=32, gap="cross:3", methods=("inpaint",), mode="oracle", progress=False)
     assert rep["settings"]["model"]["sha256"] == "ab" * 32
     assert math.isfinite(rep["methods"]["inpaint"]["phase_std"])
+
+
+def test_default_is_phase_retrieval_with_the_baselines(capsys):
+    rep = V.validate(seed=0, size=32, gap="cross:3", algorithm=FAST_PR, n_starts=1)
+    assert rep["mode"] == "pr" and rep["primary_mode"] == "pr"
+    for name in ("free_pixels", "zero_fill", "inpaint", "inpaint+release", "biharmonic", "no_gap"):
+        assert math.isfinite(rep["methods"][name]["strain_rmse"]), name
+    assert re.search(r"validate: 7 phase retrievals of 1 starts on 32x32x32, expected about \d+ s",
+                     capsys.readouterr().err)
+
+
+def test_cli_validate_default_holds_free_pixels_and_zero_fill(tmp_path, capsys):
+    from bcdi_gapfill.cli import main
+
+    out = tmp_path / "rep"
+    assert main(["validate", "--simulate", "1", "--size", "32", "--starts", "1", "--gap", "cross:3",
+                 "--methods", "free_pixels,zero_fill,biharmonic", "--out", str(out)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["mode"] == "pr"
+    assert {"free_pixels", "zero_fill", "biharmonic"} <= set(report["methods"])
+    assert "expected about" in capsys.readouterr().err
 
 
 # ------------------------------------------------------------------------------ report

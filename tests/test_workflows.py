@@ -100,7 +100,7 @@ def test_eiger2m_highres_workflow_end_to_end(tmp_path):
                                                   ("eiger2m_highres", "Eiger2M", [96, 160, 160])])
 def test_shipped_configurations(name, detector, size):
     """The shipped configs load, simulate on their detector, and their ROI holds only gaps the model serves."""
-    from bcdi_gapfill.inpaint import DEFAULT_WEIGHTS
+    from bcdi_gapfill.inpainting import DEFAULT_WEIGHTS
     cfg = load_workflow_config(WORKFLOWS / f"{name}.yml")
     sim = cfg["simulate"]
     assert cfg["name"] == name and cfg["data"] is None and sim["detector"] == detector and sim["size"] == size

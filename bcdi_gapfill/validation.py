@@ -16,7 +16,7 @@ object it leads to:
 
 Methods
 -------
-``inpaint``        the deep-learning model, :func:`bcdi_gapfill.inpaint.inpaint` (method "model")
+``inpaint``        the deep-learning model, :func:`bcdi_gapfill.inpainting.inpaint` (method "model")
 ``biharmonic``     classical biharmonic fill of ``log1p(counts)`` (:func:`classical.fill_gap`)
 ``free_pixels``    gap voxels left unconstrained during phase retrieval (``free_mask=gap``);
                    it has no oracle counterpart (there is no modulus to put in the gap), so it
@@ -52,7 +52,7 @@ truth), ``gap_intensity_ratio`` and, in pr mode, ``llk``, ``llk_measured`` and
 
 Example
 -------
->>> from bcdi_gapfill.validate import validate, write_report
+>>> from bcdi_gapfill.validation import validate, write_report
 >>> rep = validate(seed=0, size=64, gap="cross:9", mode="oracle", widths=[3, 6, 9, 12],
 ...                methods=("biharmonic", "zero_fill", "linear_interp", "no_gap"))  # doctest: +SKIP
 >>> write_report(rep, "validation_out")                                  # doctest: +SKIP
@@ -274,12 +274,12 @@ def _model_info(model: Any) -> dict:
     info: dict[str, Any] = {}
     if model is None:
         try:
-            from . import inpaint as _inp
+            from . import inpainting as _inp
         except ImportError as exc:
-            return {"error": f"bcdi_gapfill.inpaint not importable: {exc}"}
+            return {"error": f"bcdi_gapfill.inpainting not importable: {exc}"}
         fn = getattr(_inp, "default_model_info", None)
         if fn is None:
-            return {"model": "default", "note": "bcdi_gapfill.inpaint has no default_model_info()"}
+            return {"model": "default", "note": "bcdi_gapfill.inpainting has no default_model_info()"}
         try:
             info = dict(fn())
         except Exception as exc:  # provenance must never break a validation run
@@ -379,7 +379,7 @@ def _model_fill(noisy: np.ndarray, gap: np.ndarray, ctx: _Context, uncertainty: 
     with test-time flips), cached per gap, with the seconds it took."""
     key = (_gap_key(gap), uncertainty)
     if key not in ctx.model_fills:
-        from .inpaint import inpaint
+        from .inpainting import inpaint
 
         opts = dict(ctx.inpaint_options)
         if ctx.model is not None:
@@ -451,6 +451,30 @@ def _analyse(obj: np.ndarray, ctx: _Context) -> tuple[dict, dict]:
     slices = {"modulus": np.abs(aligned[k]).astype(np.float32),
               "phase": phase[k].astype(np.float32), "strain": eps[k].astype(np.float32)}
     return rep, slices
+
+
+def _expected_phasing_seconds(shape: tuple[int, ...], algorithm: Any, n_starts: int, n_runs: int,
+                              device: Any) -> float:
+    """Seconds that ``n_runs`` phase retrievals of ``n_starts`` starts should take here.
+
+    Times a few ER iterations on a random array of ``shape`` (one warm-up, then five) and
+    scales by the iterations of ``algorithm``: within a factor ~1.5 of the run (the released
+    estimate and shrink-wrap steps cost a little more than a plain iteration).
+    """
+    from . import phasing as P
+
+    op = P.parse_algorithm(algorithm) if isinstance(algorithm, str) else algorithm
+    rng = np.random.default_rng(0)
+    state = P.CDIState(rng.random(shape, dtype=np.float32), device=device)
+    P.ER() * P.InitSupportAutocorrelation() * state   # warm-up: FFT plans, kernel compilation
+    t0 = time.perf_counter()
+    P.ER() ** 5 * state
+    per_iteration = (time.perf_counter() - t0) / 5
+    return per_iteration * max(op.iterations(), 1) * n_starts * n_runs
+
+
+def _duration_text(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min"
 
 
 def _evaluate_gap(gap: np.ndarray, methods: Sequence[str], modes: Sequence[str], ctx: _Context,
@@ -544,7 +568,7 @@ def _evaluate_gap(gap: np.ndarray, methods: Sequence[str], modes: Sequence[str],
 
 # ----------------------------------------------------------------------------- public
 def validate(obj: np.ndarray | None = None, *, seed: int | None = None, size: int | Sequence[int] = 64,
-             gap: Any = "cross:9", gap_offset: int | Sequence[int] = 0, mode: str = "oracle",
+             gap: Any = "cross:9", gap_offset: int | Sequence[int] = 0, mode: str = "pr",
              counts: float | None = 1e6,
              methods: Sequence[str] | None = None, algorithm: Any = None, n_starts: int = 4,
              seed_pr: int = 0, widths: Sequence[int] | None = None, progress: bool = True,
@@ -576,9 +600,11 @@ def validate(obj: np.ndarray | None = None, *, seed: int | None = None, size: in
         Moves a spec or detector gap from the array centre, where the Bragg peak is, by this
         many pixels (one int: both bands). Default 0: the bands cross the peak's centre,
         the worst case.
-    mode : {"oracle", "pr", "both"}
-        ``oracle``: inverse FT of each method's ``sqrt(I)`` with the true reciprocal phase.
-        ``pr``: full phase retrieval. ``both``: both; ``report["methods"]`` then holds the pr
+    mode : {"pr", "oracle", "both"}
+        ``pr`` (default): full phase retrieval of what each method hands on, free pixels and
+        zero fill among them, as a user's pipeline would run it. ``oracle``: inverse FT of
+        each method's ``sqrt(I)`` with the true reciprocal phase (what the fill alone is worth,
+        seconds instead of minutes). ``both``: both; ``report["methods"]`` then holds the pr
         results and ``report["results"]`` both.
     counts : float or None
         Peak photon count of the pattern, Poisson-sampled. None: noiseless, with a peak of
@@ -586,7 +612,7 @@ def validate(obj: np.ndarray | None = None, *, seed: int | None = None, size: in
     methods : sequence of str, optional
         Subset of :data:`METHODS`. Default: :data:`DEFAULT_METHODS` (all but ``hybrid`` and
         the band-limit refinements), except that ``inpaint`` is skipped with a warning (and
-        the reason recorded) when :mod:`bcdi_gapfill.inpaint` cannot be imported or the
+        the reason recorded) when :mod:`bcdi_gapfill.inpainting` cannot be imported or the
         default weights are missing; named explicitly, its failure raises.
     algorithm : str or Operator, optional
         Phase-retrieval operators (default :data:`bcdi_gapfill.phasing.DEFAULT_ALGORITHM`).
@@ -598,7 +624,8 @@ def validate(obj: np.ndarray | None = None, *, seed: int | None = None, size: in
         Gap-width sweep (paper Supp. Figs. 16-18): each method is also evaluated with gaps
         ``"<kind>:w"`` of the kind of ``gap``, giving ``report["sweep"]``.
     progress : bool
-        Show a progress bar (tqdm, on stderr).
+        Show a progress bar (tqdm, on stderr) and, before phase retrieval starts, its expected
+        duration (from a few timed iterations on an array of this shape).
     q_vector : float or 3 floats, optional
         ``G`` (1/m) in the array frame (its direction is the strain direction), or ``|G|``
         along axis 0. Default: Pt 111 along axis 1, the detector rows: in the usual vertical
@@ -734,7 +761,7 @@ def validate(obj: np.ndarray | None = None, *, seed: int | None = None, size: in
     model_methods = [m for m in methods if m in MODEL_METHODS]
     if model_methods:
         try:
-            from . import inpaint as _inp
+            from . import inpainting as _inp
 
             if model is None and hasattr(_inp, "default_model_info"):
                 _inp.default_model_info()  # raises when the default weights are missing
@@ -763,6 +790,11 @@ def validate(obj: np.ndarray | None = None, *, seed: int | None = None, size: in
             bar = tqdm(total=total, desc="validate", file=sys.stderr, leave=False)
         except ImportError:  # pragma: no cover
             bar = None
+    if progress and "pr" in modes:
+        n_phased = len([m for m in methods if m not in skipped]) * (1 + len(extra))
+        seconds = _expected_phasing_seconds(shape, algorithm, int(n_starts), n_phased, device)
+        print(f"validate: {n_phased} phase retrievals of {int(n_starts)} starts on {shape[0]}x{shape[1]}x"
+              f"{shape[2]}, expected about {_duration_text(seconds)} on this machine", file=sys.stderr)
     t_start = time.perf_counter()
     try:
         main_results, figs = _evaluate_gap(main_gap, methods, modes, ctx, skipped, bar, keep=True)
