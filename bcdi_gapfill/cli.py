@@ -228,9 +228,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", choices=("pr", "oracle", "both"), default="pr",
                    help="pr (default): phase retrieval of each treatment, free pixels and zero fill among "
                         "them; oracle: the true reciprocal phases, the fill alone (seconds); both. "
-                        "The default run prints its expected duration: about 1-2 min at the default "
-                        "--size 64, 8-10 min at --size 128 on a 2-core CPU (4 starts x 800 iterations "
-                        "x 7 methods); --starts 2 halves it")
+                        "The run prints its expected duration first: 1-2 min at the default --size 64, "
+                        "about 9 min at --size 128 on a 2-core CPU (7 methods x 4 starts x 800 "
+                        "iterations); --starts 2 halves it")
     p.add_argument("--counts", type=float, default=1e6, help="peak photon count of the Poisson noise")
     p.add_argument("--sweep", default=None, help="gap widths to sweep, e.g. 3,6,9,12")
     p.add_argument("--methods", default=None,

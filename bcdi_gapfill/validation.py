@@ -782,6 +782,11 @@ def validate(obj: np.ndarray | None = None, *, seed: int | None = None, size: in
     n_methods = len([m for m in methods if m not in skipped])
     extra = [w for w, _ in sweep_specs if not (gap_info["gap_width"] == w)]
     total = n_methods * len(modes) * (1 + len(extra))
+    if progress and "pr" in modes:
+        n_phased = n_methods * (1 + len(extra))
+        seconds = _expected_phasing_seconds(shape, algorithm, int(n_starts), n_phased, device)
+        print(f"validate: {n_phased} phase retrievals of {int(n_starts)} starts on {shape[0]}x{shape[1]}x"
+              f"{shape[2]}, expected about {_duration_text(seconds)} on this machine", file=sys.stderr)
     bar = None
     if progress:
         try:
@@ -790,11 +795,6 @@ def validate(obj: np.ndarray | None = None, *, seed: int | None = None, size: in
             bar = tqdm(total=total, desc="validate", file=sys.stderr, leave=False)
         except ImportError:  # pragma: no cover
             bar = None
-    if progress and "pr" in modes:
-        n_phased = len([m for m in methods if m not in skipped]) * (1 + len(extra))
-        seconds = _expected_phasing_seconds(shape, algorithm, int(n_starts), n_phased, device)
-        print(f"validate: {n_phased} phase retrievals of {int(n_starts)} starts on {shape[0]}x{shape[1]}x"
-              f"{shape[2]}, expected about {_duration_text(seconds)} on this machine", file=sys.stderr)
     t_start = time.perf_counter()
     try:
         main_results, figs = _evaluate_gap(main_gap, methods, modes, ctx, skipped, bar, keep=True)

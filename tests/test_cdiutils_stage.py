@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-pytest.importorskip("cdiutils", reason="cdiutils is not installed (pip install 'cdiutils>=0.2.1')")
+import cdiutils  # noqa: E402,F401  (a test extra: missing fails the suite)
 
 from bcdi_gapfill import scans  # noqa: E402
 from bcdi_gapfill.cdiutils_stage import (  # noqa: E402
@@ -282,6 +282,7 @@ PHASING_SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.pynx
 @pytest.mark.slow
 def test_phase_retrieval_phases_the_filled_pair(preprocessed, tmp_path):
     pytest.importorskip("pynx.cdi", reason="ESRF PyNX is not installed")

@@ -9,7 +9,7 @@ import json
 import numpy as np
 import pytest
 
-pytest.importorskip("ewokscore", reason="ewokscore is not installed (pip install 'bcdi-gapfill[ewoks]')")
+import ewokscore  # noqa: E402,F401  (a test extra: missing fails the suite)
 
 from ewokscore import execute_graph, load_graph  # noqa: E402
 from ewokscore.task_discovery import discover_tasks_from_modules  # noqa: E402

@@ -65,8 +65,6 @@ def test_inpaint_bcdi_pair(tmp_path):
 
 
 def test_inpaint_cdiutils(tmp_path):
-    if importlib.util.find_spec("cdiutils") is None:
-        pytest.skip("cdiutils is not installed (pip install 'cdiutils>=0.2.1')")
     out = _run_example("inpaint_cdiutils.py", tmp_path, str(tmp_path / "out"))
     match = re.search(r"filled \d+ gap voxels with biharmonic; in-gap PCC \(log1p\) vs the simulator's counts: "
                       r"biharmonic (\S+), linear (\S+)", out)
@@ -92,6 +90,7 @@ def test_finetune_on_array(tmp_path):
                                                                     "scan_finetuned.pt"]
 
 
+@pytest.mark.pynx
 def test_pynx_operator_chain(tmp_path):
     out = _run_example("pynx_operator_chain.py", tmp_path)
     if importlib.util.find_spec("pynx") is None:
@@ -101,6 +100,7 @@ def test_pynx_operator_chain(tmp_path):
         assert "PyNX runner input written" in out
 
 
+@pytest.mark.pynx
 def test_pynx_operator_chain_without_pynx_exits_0(tmp_path):
     out = _run_without("pynx", "pynx_operator_chain.py", tmp_path)
     assert "PyNX is not installed" in out

@@ -340,6 +340,7 @@ def test_atomic_text_and_bytes(tmp_path):
 # --- other readers ---------------------------------------------------------------------
 
 
+@pytest.mark.pynx
 def test_cxi_output_is_read_by_pynx(tmp_path, stack, capsys):
     runner = pytest.importorskip(
         "pynx.cdi.runner.runner", reason="PyNX is not installed (optional)"
@@ -354,7 +355,7 @@ def test_cxi_output_is_read_by_pynx(tmp_path, stack, capsys):
 
 
 def test_cxi_and_npz_output_are_read_by_bcdi(tmp_path, stack):
-    utilities = pytest.importorskip("bcdi.utils.utilities", reason="bcdi is not installed")
+    import bcdi.utils.utilities as utilities
     data, mask = stack
     save_array(tmp_path / "out.cxi", data, mask=mask)
     save_array(tmp_path / "out.npz", data, mask=mask, attrs={"a": 1})

@@ -16,6 +16,8 @@ from bcdi_gapfill.geometry import synthetic_gap_mask
 from bcdi_gapfill.inpainting import inpaint
 from bcdi_gapfill.pynx import PYNX_MASKED, decode_estimates, encode_estimates, write_pynx_input
 
+pytestmark = pytest.mark.pynx
+
 SHAPE = (64, 64, 64)
 MASKED_MAX = np.float32(-1e19)
 NO_ESTIMATE_MAX = np.float32(-1e38)
@@ -142,6 +144,7 @@ def test_replace_mode(scene):
 
 
 def test_estimate_mode(scene):
+    _pynx()  # skips first: InpaintGaps itself needs PyNX
     from bcdi_gapfill.pynx import InpaintGaps
     counts, gap, other = scene
     cdi, iobs = _make_cdi(scene)
@@ -184,6 +187,7 @@ def test_operator_algebra_chain_runs(scene):
 
 
 def test_explicit_gap_mask_fills_only_masked_voxels(scene):
+    _pynx()  # skips first: InpaintGaps itself needs PyNX
     from bcdi_gapfill.pynx import InpaintGaps
     counts, gap, other = scene
     cdi, _ = _make_cdi(scene, free=False)
@@ -204,6 +208,7 @@ def test_explicit_gap_mask_fills_only_masked_voxels(scene):
 
 
 def test_uncertainty_threshold_leaves_uncertain_voxels_masked(scene):
+    _pynx()  # skips first: InpaintGaps itself needs PyNX
     from bcdi_gapfill.model import build_model
     from bcdi_gapfill.pynx import InpaintGaps
     counts, gap, other = scene

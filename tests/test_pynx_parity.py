@@ -20,7 +20,7 @@ from pynx.cdi import CDI  # noqa: E402
 from pynx.cdi import cpu_operator as px  # noqa: E402
 
 # PyNX's llk_poisson takes the log of masked voxels before discarding them.
-pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")
+pytestmark = [pytest.mark.pynx, pytest.mark.filterwarnings("ignore::RuntimeWarning")]
 
 N_SIDE = 48
 
@@ -44,8 +44,8 @@ def _state(data, kernels="default", seed=0):
     st = P.CDIState(counts, support=support, free_mask=free, device="cpu", llk_every=0)
     if kernels == "torch":
         st._kernels = None
-    elif kernels == "numba" and st._kernels is None:
-        pytest.skip("numba not installed: the fused CPU kernels are not in use")
+    elif kernels == "numba":
+        assert st._kernels is not None, "numba (a test extra) is not installed: the fused CPU kernels are not in use"
     return P.InitRandom(seed) * st
 
 

@@ -65,6 +65,8 @@ pipeline = BcdiPipeline({**_params, "dump_dir": str(Path("S1").resolve()), "prep
 
 SHELL_SUBSTITUTIONS = {
     "bcdi-gapfill simulate --n 100 --size 128 --out sims/": "bcdi-gapfill simulate --n 2 --size 32 --out sims/",
+    # 7 treatments x 4 starts of phase retrieval on 64^3 (1-2 min) -> 1 start on 32^3
+    "--gap cross:9 --out val/": "--gap cross:9 --out val/ --size 32 --starts 1",
     # the user's whole 516x516 Maxipix frames -> a 96x96 ROI around its chip cross
     "--roi 0 516 0 516": "--roi 210 306 210 306",
     # about 4 min of fine-tuning -> 2 steps on 8 portions
@@ -244,6 +246,7 @@ def test_readme_shell_commands(workdir):
     for output in ("S1234_gapfilled.npz", "filled.h5", "S1234_pynx_finetuned.pt"):
         assert (workdir / output).is_file(), output
     assert len(list((workdir / "sims").iterdir())) >= 2
+    assert (workdir / "val" / "report.html").is_file()
 
 
 def test_code_blocks_parser(tmp_path):

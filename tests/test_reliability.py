@@ -338,6 +338,7 @@ def test_validate_bad_input(kwargs, exc, match):
 
 # --- the PyNX operator
 
+@pytest.mark.pynx
 def test_pynx_operator_bad_input():
     pc = pytest.importorskip("pynx.cdi", reason="PyNX (pynx.cdi) is not installed")
     from bcdi_gapfill.pynx import InpaintGaps
