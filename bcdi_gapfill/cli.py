@@ -127,7 +127,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     run_evaluation(args.out, n_portions=args.portions, n_arrays=args.arrays, weights=args.weights,
                    overwrite=args.overwrite, paper_weights=args.paper_weights,
                    array_widths=tuple(int(w) for w in args.widths.split(",")), stride=args.stride,
-                   num_threads=args.threads, n_scans=args.scans)
+                   num_threads=args.threads, n_scans=args.scans, n_peak_arrays=args.peak_arrays,
+                   n_peak_scans=args.peak_scans)
     return 0
 
 
@@ -209,6 +210,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stride", type=int, default=None, help="model window stride on whole arrays")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (1 on a shared CPU)")
     p.add_argument("--scans", type=int, default=3, help="cdiutils-simulated Maxipix scans (needs cdiutils)")
+    p.add_argument("--peak-arrays", type=int, default=5,
+                   help="crystals of our simulator in the peak-position protocol (cross 0-4 and 8-20 px from "
+                        "the peak: error reduction against log-biharmonic, photon ratio)")
+    p.add_argument("--peak-scans", type=int, default=5,
+                   help="cdiutils-simulated crystals in the peak-position protocol (needs cdiutils)")
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=_cmd_evaluate)
 

@@ -80,9 +80,11 @@ SHELL_ELSEWHERE = {
     "make test": "the README's second command: it is what runs this file",
     "bcdi-gapfill demo": "what `make demo` runs (tests/test_cli.py::test_demo_end_to_end)",
     "bcdi-gapfill train --config workflows/train_default.yml":
-        "hours of training; tests/test_train.py trains and resumes from the same config reader on 2-step configs",
+        "hours of training; tests/test_train.py loads that recipe (test_shipped_training_recipes_load) and "
+        "trains and resumes tiny models (test_training_resumes_from_checkpoint)",
     "bcdi-gapfill evaluate --out eval/":
-        "simulates 100 held-out 128^3 patterns (an hour); tests/test_evaluate.py runs it on small settings",
+        "simulates 100 held-out 128^3 patterns (about an hour here); "
+        "tests/test_evaluate.py::test_run_evaluation_small runs the same function on 48^3",
     "python workflows/bcdi_preprocess_gapfill.py --config_file my_scan.yml":
         "needs the user's YAML and raw frames; the --simulate line of workflows/README.md runs the same script here",
     "python workflows/bcdi_preprocess_gapfill.py --config_file my_scan.yml [--scans 11,12] [--overwrite]":
