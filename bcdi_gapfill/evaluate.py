@@ -26,11 +26,18 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["portion_table", "whole_array_table", "run_evaluation", "TEST_FIRST_SEED", "ARRAY_FIRST_SEED"]
+__all__ = ["portion_table", "whole_array_table", "peak_cross_gap", "peak_cross_table", "format_peak_cross_table",
+           "run_evaluation", "TEST_FIRST_SEED", "ARRAY_FIRST_SEED", "PEAK_FIRST_SEED", "NEAR_PEAK_OFFSETS",
+           "OFF_PEAK_OFFSETS"]
 
 TEST_FIRST_SEED = 200_000
 ARRAY_FIRST_SEED = 300_000
 WIDTHS = (3, 6, 9, 12)
+# The peak-position protocol (issue 21): crystals of both simulators, seeds no other table uses.
+PEAK_FIRST_SEED = 320_000
+CDIUTILS_PEAK_FIRST_SEED = 10
+NEAR_PEAK_OFFSETS = (0, 2, 4)      # cross centre this many pixels from the Bragg peak (rows and columns)
+OFF_PEAK_OFFSETS = (8, 14, 20)
 # A portion is "signal-dominated" when the noise-free expectation itself correlates this well
 # with the noisy truth in the gap.
 SIGNAL_CEILING = 0.9
@@ -125,6 +132,128 @@ def whole_array_gap(size: int, width: int, seed: int) -> tuple[np.ndarray, list[
     centre = size // 2 - width // 2
     pos = [int(centre + rng.integers(-8, 9)) for _ in range(2)]
     return synthetic_gap_mask((size,) * 3, "cross", width, position=pos[0], position2=pos[1]), pos
+
+
+def peak_cross_gap(shape: tuple[int, int, int], width: int, peak: tuple[int, ...], offset: int) -> np.ndarray:
+    """A cross gap whose two bands are centred ``offset`` pixels from the Bragg peak.
+
+    Parameters
+    ----------
+    shape : 3 ints
+        (frames, rows, columns) of the array.
+    width : int
+        Width of both bands, pixels.
+    peak : 3 ints
+        (frame, row, column) of the peak's maximum.
+    offset : int
+        Distance of each band's centre from the peak along its detector axis (rows for the
+        horizontal band, columns for the vertical one); 0 puts the peak inside the cross.
+    """
+    from bcdi_gapfill.geometry import synthetic_gap_mask
+
+    row0 = int(np.clip(peak[1] + offset - width // 2, 0, shape[1] - width))
+    col0 = int(np.clip(peak[2] + offset - width // 2, 0, shape[2] - width))
+    return synthetic_gap_mask(shape, "cross", width, position=col0, position2=row0)
+
+
+def _peak_cross_rows(models: dict[str, Any], simulator: str, name: str, truth: np.ndarray, expected: np.ndarray,
+                     widths: tuple[int, ...], offsets: tuple[int, ...], stride: int | None,
+                     extra: dict[str, Any]) -> list[dict[str, Any]]:
+    from bcdi_gapfill.inpainting import inpaint
+    from bcdi_gapfill.metrics import pcc_gap
+
+    peak = tuple(int(i) for i in np.unravel_index(int(np.argmax(expected)), expected.shape))
+    rows = []
+    for width in widths:
+        for offset in offsets:
+            gap = peak_cross_gap(truth.shape, width, peak, offset)
+            counts = np.where(gap, 0, truth).astype(np.float32)   # what the detector gives
+            hidden = float(truth[gap].sum())
+            row: dict[str, Any] = {"simulator": simulator, "array": name, "width": width, "offset": offset,
+                                   "peak": list(peak), "hidden_photons": hidden, **extra}
+            for method, model in (("linear", None), ("biharmonic", None), *models.items()):
+                t0 = time.perf_counter()
+                if model is None:
+                    filled = inpaint(counts, gap, method=method)
+                else:
+                    filled = inpaint(counts, gap, model=model, stride=stride)
+                row[f"{method}_seconds"] = time.perf_counter() - t0
+                row[f"{method}_error"] = 1.0 - float(pcc_gap(expected, filled, gap))
+                row[f"{method}_photon_ratio"] = float(filled[gap].sum()) / hidden if hidden > 0 else float("nan")
+            for method in ("linear", *models):
+                # Share of the log-biharmonic fill's error that the method removes (< 0: adds).
+                row[f"{method}_error_reduction"] = 1.0 - row[f"{method}_error"] / row["biharmonic_error"]
+            rows.append(row)
+    return rows
+
+
+def peak_cross_table(models: dict[str, Any], *, n_arrays: int = 5, n_scans: int = 5, size: int = 128,
+                     widths: tuple[int, ...] = WIDTHS, offsets: tuple[int, ...] = NEAR_PEAK_OFFSETS,
+                     stride: int | None = None) -> dict[str, Any]:
+    """Fill quality against the gap's distance from the Bragg peak, on both simulators.
+
+    Held-out crystals of :func:`bcdi_gapfill.simulate.simulate_pattern` (``n_arrays``, seeds
+    :data:`PEAK_FIRST_SEED`...) and of cdiutils' simulator (``n_scans``,
+    :func:`bcdi_gapfill.scans.simulate_cdiutils_scan`, seeds from
+    :data:`CDIUTILS_PEAK_FIRST_SEED`; skipped with a note when cdiutils is missing), each
+    ``size``^3, get a cross gap of each width centred ``offset`` pixels from the peak. The
+    detector's counts are the Poisson truth with the gap zeroed.
+
+    Each row holds, per method (linear, biharmonic and each model): ``error`` = 1 - log1p PCC
+    over the gap voxels against the noise-free pattern; ``photon_ratio`` = photons the fill
+    puts in the gap over those the gap hid (the Poisson truth's); ``error_reduction`` = the
+    share of the log-biharmonic fill's error the method removes; ``seconds``.
+    ``per_cell`` averages them per (simulator, width, offset).
+    """
+    from bcdi_gapfill.simulate import simulate_pattern
+
+    table: dict[str, Any] = {"size": size, "widths": list(widths), "offsets": list(offsets), "stride": stride,
+                             "rows": [], "notes": []}
+    for i in range(n_arrays):
+        seed = PEAK_FIRST_SEED + i
+        pattern = simulate_pattern(size, seed)
+        extra = {"seed": seed, "oversampling": float(np.mean(pattern.metadata["oversampling"]))}
+        table["rows"] += _peak_cross_rows(models, "bcdi_gapfill", f"sim{seed}", pattern.counts, pattern.expected,
+                                          tuple(widths), tuple(offsets), stride, extra)
+    if n_scans:
+        try:
+            from bcdi_gapfill.scans import simulate_cdiutils_scan
+            for i in range(n_scans):
+                scan = simulate_cdiutils_scan(CDIUTILS_PEAK_FIRST_SEED + i, (size,) * 3)
+                table["rows"] += _peak_cross_rows(models, "cdiutils", scan.name, scan.truth, scan.expected,
+                                                  tuple(widths), tuple(offsets), stride,
+                                                  {"seed": CDIUTILS_PEAK_FIRST_SEED + i})
+        except ImportError as exc:
+            table["notes"].append(f"cdiutils scans skipped: {exc}")
+    methods = ["linear", "biharmonic", *models]
+    cells = {}
+    for row in table["rows"]:
+        cells.setdefault((row["simulator"], row["width"], row["offset"]), []).append(row)
+    table["per_cell"] = [
+        {"simulator": sim, "width": w, "offset": off, "n": len(group),
+         **{f"{m}_{k}": float(np.mean([r[f"{m}_{k}"] for r in group]))
+            for m in methods for k in ("error", "photon_ratio", "seconds")},
+         **{f"{m}_error_reduction": float(np.mean([r[f"{m}_error_reduction"] for r in group]))
+            for m in ("linear", *models)},
+         **{f"{m}_above_biharmonic": int(sum(r[f"{m}_error"] < r["biharmonic_error"] for r in group))
+            for m in models}}
+        for (sim, w, off), group in sorted(cells.items())]
+    return table
+
+
+def format_peak_cross_table(table: dict[str, Any], model: str = "model") -> str:
+    """Markdown of :func:`peak_cross_table`'s ``per_cell``: errors, the model's error
+    reduction and how many arrays it is above the biharmonic fill on, photon ratios."""
+    lines = ["| simulator | width | offset | n | error linear / biharmonic / model | model error reduction "
+             "| model above biharmonic | photon ratio linear / biharmonic / model |",
+             "|---|---|---|---|---|---|---|---|"]
+    for c in table["per_cell"]:
+        lines.append(
+            f"| {c['simulator']} | {c['width']} | {c['offset']} | {c['n']} | {c['linear_error']:.4f} / "
+            f"{c['biharmonic_error']:.4f} / {c[f'{model}_error']:.4f} | {c[f'{model}_error_reduction']:+.3f} | "
+            f"{c[f'{model}_above_biharmonic']}/{c['n']} | {c['linear_photon_ratio']:.3f} / "
+            f"{c['biharmonic_photon_ratio']:.3f} / {c[f'{model}_photon_ratio']:.3f} |")
+    return "\n".join(lines) + "\n"
 
 
 def whole_array_table(models: dict[str, Any], n_arrays: int = 4, size: int = 128,
@@ -286,8 +415,15 @@ def _markdown(portions: dict, arrays: dict | None) -> str:
 def run_evaluation(out_dir: str | Path, *, n_portions: int = 1000, n_arrays: int = 4, weights=None,
                    paper_weights=None, overwrite: bool = False, cache_dir: str | None = "runs/cache",
                    n_test_patterns: int = 100, array_widths: tuple[int, ...] = WIDTHS,
-                   stride: int | None = None, num_threads: int | None = None, n_scans: int = 3) -> dict:
+                   stride: int | None = None, num_threads: int | None = None, n_scans: int = 3,
+                   n_peak_arrays: int = 5, n_peak_scans: int = 5, size: int = 128) -> dict:
     """Run the whole evaluation and write its table, JSON and figures into ``out_dir``.
+
+    ``n_peak_arrays`` crystals of our simulator and ``n_peak_scans`` of cdiutils' give the
+    peak-position protocol (:func:`peak_cross_table`): cross gaps through or near the Bragg
+    peak (:data:`NEAR_PEAK_OFFSETS`) and off it (:data:`OFF_PEAK_OFFSETS`), with the photon
+    ratio and the error reduction against the log-biharmonic fill; 0 and 0 skip it. ``size``
+    is the edge of every simulated array (128: the protocol's; smaller only for tests).
 
     ``n_scans`` cdiutils-simulated Maxipix scans (`bcdi_gapfill.scans`; data the training
     never saw, from another simulator, in the detector frame, with the real chip cross) are
@@ -310,9 +446,9 @@ def run_evaluation(out_dir: str | Path, *, n_portions: int = 1000, n_arrays: int
     models = {"model": model}
     if paper_weights:
         models["paper_model"] = load_model(paper_weights, "cpu")[0]
-    bank = cached_portion_bank(n_test_patterns, TEST_FIRST_SEED, 128, cache_dir)
+    bank = cached_portion_bank(n_test_patterns, TEST_FIRST_SEED, size, cache_dir)
     portions = portion_table(bank, models, n_portions=n_portions)
-    arrays, slices = whole_array_table(models, n_arrays=n_arrays, widths=array_widths, stride=stride) \
+    arrays, slices = whole_array_table(models, n_arrays=n_arrays, size=size, widths=array_widths, stride=stride) \
         if n_arrays else (None, {})
     scans = None
     if n_scans:
@@ -323,15 +459,27 @@ def run_evaluation(out_dir: str | Path, *, n_portions: int = 1000, n_arrays: int
             print(f"cdiutils scans skipped: {exc}")
         else:
             scans = scan_table(models, scan_set, stride=stride)
+    peak = {}
+    if n_peak_arrays or n_peak_scans:
+        for name, offsets in (("near_peak", NEAR_PEAK_OFFSETS), ("off_peak", OFF_PEAK_OFFSETS)):
+            peak[name] = peak_cross_table(models, n_arrays=n_peak_arrays, n_scans=n_peak_scans, size=size,
+                                          widths=array_widths, offsets=offsets, stride=stride)
     figures = _figures(out, portions, slices)
     summary = {"model": {k: info.get(k) for k in ("weights", "sha256")}, "portions": portions,
-               "whole_arrays": arrays, "cdiutils_scans": scans, "figures": figures}
+               "whole_arrays": arrays, "cdiutils_scans": scans, "peak_position": peak or None,
+               "figures": figures}
     atomic_write_text(out / "evaluation.json", json.dumps(summary, indent=1), overwrite=True)
     markdown = _markdown(portions, arrays)
     if scans is not None:
         markdown += ("\n## cdiutils-simulated Maxipix scans (detector frame, real chip cross near the peak)\n\n"
                      "In-gap PCC of log1p counts against the noisy truth (headroom, seconds); another simulator "
                      "than training's.\n\n" + format_scan_table(scans))
+    for name, table in peak.items():
+        markdown += (f"\n## {name.replace('_', '-')}: cross centred {table['offsets']} px from the Bragg peak\n\n"
+                     "Error = 1 - log1p PCC over the gap against the noise-free pattern; error reduction = the "
+                     "share of the log-biharmonic fill's error removed; photon ratio = photons filled in the gap "
+                     "over those it hid.\n\n" + format_peak_cross_table(table) + "".join(
+                         f"\n{note}\n" for note in table["notes"]))
     atomic_write_text(out / "evaluation.md", markdown, overwrite=True)
     print(markdown)
     return summary
