@@ -151,6 +151,34 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_assess(args: argparse.Namespace) -> int:
+    import numpy as np
+    from bcdi_gapfill import io
+    from bcdi_gapfill.selfcheck import assess, format_assessment
+
+    protect = [args.input] + ([args.mask] if args.mask else [])
+    if args.output:
+        out = Path(args.output)
+        if out.suffix != ".json":
+            raise ValueError(f"{out}: the assessment is written as JSON; give a .json output")
+        if os.path.lexists(out) and not args.overwrite:   # refused before minutes of phasing
+            raise FileExistsError(f"output exists: {out}; pass --overwrite to replace it")
+        if not out.parent.is_dir():
+            raise FileNotFoundError(f"cannot write {out}: directory {out.parent} does not exist")
+    data, mask = io.load_data_and_mask(args.input, args.mask, data_key=args.key)
+    gap = _gap_from_args(args, data, mask)
+    bad = None if mask is None else (np.asarray(mask) != 0) & ~gap   # hot pixels, aliens
+    result = assess(data, gap, bad_mask=bad, treatments=args.treatments.split(","), n_bands=args.bands,
+                    n_starts=args.starts, model=args.weights, device=args.device, seed=args.seed)
+    print(format_assessment(result))
+    if args.output:
+        result["settings"].update(input=str(args.input), mask_input=str(args.mask),
+                                  weights=str(args.weights) if args.weights else None)
+        io.atomic_write_text(out, json.dumps(result, indent=1), overwrite=args.overwrite, protect=protect)
+        print(f"assessment: {out}")
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from bcdi_gapfill.demo import run_demo
     run_demo(args.out, size=args.size, seed=args.seed, overwrite=True)
@@ -246,6 +274,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=_cmd_validate)
+
+    p = sub.add_parser("assess", help="which gap treatment to trust on this scan: hide measured bands shaped "
+                                      "like the gap, phase with each treatment, score the hidden voxels")
+    p.add_argument("input", help="data file (.npy, .npz, .h5, .cxi), Bragg peak near the centre")
+    p.add_argument("--key", default=None, help="dataset key/path in the input file")
+    p.add_argument("--mask", default=None, help="mask file (bcdi/PyNX: nonzero = masked)")
+    p.add_argument("--detector", default=None, help="detector whose chip gaps are the gap (e.g. Maxipix)")
+    p.add_argument("--roi", type=int, nargs=4, default=None, metavar=("R0", "R1", "C0", "C1"),
+                   help="bcdi ROI in unbinned detector pixels")
+    p.add_argument("--binning", type=int, nargs=3, default=(1, 1, 1))
+    p.add_argument("--gap", default=None, help="synthetic gap, e.g. cross:6 or vertical:3")
+    p.add_argument("--treatments", default="free_pixels,zero_fill,inpaint,inpaint+release",
+                   help="comma-separated, of free_pixels, zero_fill, inpaint, inpaint+release, biharmonic")
+    p.add_argument("--bands", type=int, default=2, help="hidden bands of measured voxels (one phasing each)")
+    p.add_argument("--starts", type=int, default=2, help="random starts per band and treatment")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--weights", default=None, help="weights of the inpaint treatments (default: shipped model)")
+    p.add_argument("--device", default=None)
+    p.add_argument("-o", "--output", default=None, help="write the scores as JSON")
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=_cmd_assess)
 
     from bcdi_gapfill.bcdi_stage import add_bcdi_parser
     add_bcdi_parser(sub)

@@ -34,7 +34,7 @@ from skimage.restoration import unwrap_phase as _sk_unwrap_phase
 __all__ = [
     "align_to_reference", "twin", "support_from_modulus", "unwrap_phase", "displacement",
     "strain", "bragg_q", "strain_rmse", "phase_std", "mean_strain", "spurious_modulus",
-    "pcc_gap", "real_space_report", "PT_LATTICE_CONSTANT",
+    "pcc_gap", "poisson_deviance", "diffracted_intensity", "real_space_report", "PT_LATTICE_CONSTANT",
 ]
 
 #: Lattice constant of platinum at room temperature, in metres.
@@ -494,6 +494,51 @@ def spurious_modulus(obj: np.ndarray, support: np.ndarray, *, dilation: int = 1)
     if total == 0:
         raise ValueError("obj is identically zero")
     return float(power[~sup].sum() / total)
+
+
+def diffracted_intensity(obj: np.ndarray) -> np.ndarray:
+    """``|FT(obj)|**2`` of a centred object, centred, unitary FFT (the phasing engine's convention).
+
+    Parameters
+    ----------
+    obj : ndarray, complex, shape (frames, rows, columns)
+        Object with its centre at the array centre, as ``phase_retrieval`` returns it.
+
+    Returns
+    -------
+    ndarray, float64, same shape
+        Photons per voxel when ``obj`` came from phasing an intensity in photons.
+    """
+    a = np.asarray(obj)
+    return np.abs(np.fft.fftshift(np.fft.fftn(np.fft.ifftshift(a), norm="ortho"))) ** 2
+
+
+def poisson_deviance(counts: Any, predicted: Any, mask: Any) -> float:
+    """Mean Poisson deviance per voxel of measured ``counts`` given ``predicted`` intensities.
+
+    ``2 * (c * log(c / p) - (c - p))`` averaged over the voxels of ``mask`` (0 for a perfect
+    prediction, about 1 per voxel for the noise-free expectation itself). Predictions are
+    floored at 1e-6 photons so that a zero prediction of a counted photon stays finite.
+
+    Parameters
+    ----------
+    counts, predicted : array-like, same shape
+        Photon counts (>= 0) and the intensity a method predicts for them, photons.
+    mask : array-like of bool, same shape
+        The voxels scored.
+    """
+    c = np.asarray(counts, dtype=np.float64)
+    p = np.asarray(predicted, dtype=np.float64)
+    if c.shape != p.shape:
+        raise ValueError(f"counts and predicted shapes differ: {c.shape} vs {p.shape}")
+    m = _as_mask(mask, c.shape, "mask")
+    if not m.any():
+        raise ValueError("mask selects no voxel")
+    c, p = c[m], np.maximum(p[m], 1e-6)
+    if (c < 0).any():
+        raise ValueError("counts must be >= 0")
+    term = np.where(c > 0, c * np.log(np.where(c > 0, c, 1.0) / p), 0.0)
+    return float(np.mean(2.0 * (term - (c - p))))
 
 
 def pcc_gap(truth: Any, pred: Any, gap_mask: Any, log: bool = True, *,

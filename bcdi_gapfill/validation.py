@@ -453,26 +453,6 @@ def _analyse(obj: np.ndarray, ctx: _Context) -> tuple[dict, dict]:
     return rep, slices
 
 
-def _expected_phasing_seconds(shape: tuple[int, ...], algorithm: Any, n_starts: int, n_runs: int,
-                              device: Any) -> float:
-    """Seconds that ``n_runs`` phase retrievals of ``n_starts`` starts should take here.
-
-    Times a few ER iterations on a random array of ``shape`` (one warm-up, then five) and
-    scales by the iterations of ``algorithm``: within a factor ~1.5 of the run (the released
-    estimate and shrink-wrap steps cost a little more than a plain iteration).
-    """
-    from . import phasing as P
-
-    op = P.parse_algorithm(algorithm) if isinstance(algorithm, str) else algorithm
-    rng = np.random.default_rng(0)
-    state = P.CDIState(rng.random(shape, dtype=np.float32), device=device)
-    P.ER() * P.InitSupportAutocorrelation() * state   # warm-up: FFT plans, kernel compilation
-    t0 = time.perf_counter()
-    P.ER() ** 5 * state
-    per_iteration = (time.perf_counter() - t0) / 5
-    return per_iteration * max(op.iterations(), 1) * n_starts * n_runs
-
-
 def _duration_text(seconds: float) -> str:
     return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min"
 
@@ -784,7 +764,8 @@ def validate(obj: np.ndarray | None = None, *, seed: int | None = None, size: in
     total = n_methods * len(modes) * (1 + len(extra))
     if progress and "pr" in modes:
         n_phased = n_methods * (1 + len(extra))
-        seconds = _expected_phasing_seconds(shape, algorithm, int(n_starts), n_phased, device)
+        seconds = P.estimate_phasing_seconds(shape, algorithm, n_starts=int(n_starts), n_runs=n_phased,
+                                             device=device)
         print(f"validate: {n_phased} phase retrievals of {int(n_starts)} starts on {shape[0]}x{shape[1]}x"
               f"{shape[2]}, expected about {_duration_text(seconds)} on this machine", file=sys.stderr)
     bar = None

@@ -277,3 +277,31 @@ def test_real_space_report_detects_gap_artefacts():
     assert bad["spurious_modulus"] > clean["spurious_modulus"] + 0.01
     assert set(bad) == {"strain_rmse", "phase_std", "mean_strain", "mean_strain_true", "strain_std",
                         "spurious_modulus", "overlap"}
+
+
+def test_poisson_deviance():
+    from bcdi_gapfill.metrics import poisson_deviance
+    counts = np.array([[[0.0, 1.0, 4.0, 10.0]]])
+    mask = np.ones(counts.shape, bool)
+    assert poisson_deviance(counts, counts, mask) == pytest.approx(0.0, abs=1e-5)   # the 1e-6 floor at c = 0
+    # By hand: 2 * (c log(c/p) - (c - p)) at p = 2: 4, 2(log(1/2)+1), 2(4 log 2 - 2), 2(10 log 5 - 8)
+    expected = np.mean([4.0, 2 * (np.log(0.5) + 1), 2 * (4 * np.log(2) - 2), 2 * (10 * np.log(5) - 8)])
+    assert poisson_deviance(counts, np.full(counts.shape, 2.0), mask) == pytest.approx(expected)
+    only = np.array([[[False, False, True, False]]])
+    assert poisson_deviance(counts, np.full(counts.shape, 2.0), only) == pytest.approx(2 * (4 * np.log(2) - 2))
+    assert np.isfinite(poisson_deviance(counts, np.zeros(counts.shape), mask))   # floored prediction
+    with pytest.raises(ValueError, match="selects no voxel"):
+        poisson_deviance(counts, counts, np.zeros(counts.shape, bool))
+    with pytest.raises(ValueError, match=">= 0"):
+        poisson_deviance(-counts - 1, counts, mask)
+
+
+def test_diffracted_intensity_is_the_unitary_centred_transform():
+    from bcdi_gapfill.metrics import diffracted_intensity
+    obj = np.zeros((8, 8, 8), complex)
+    obj[4, 4, 4] = 2.0                        # a point at the centre: a flat pattern
+    intensity = diffracted_intensity(obj)
+    np.testing.assert_allclose(intensity, 4.0 / 8 ** 3)
+    rng = np.random.default_rng(0)
+    obj = rng.normal(size=(6, 8, 10)) + 1j * rng.normal(size=(6, 8, 10))
+    assert diffracted_intensity(obj).sum() == pytest.approx((np.abs(obj) ** 2).sum())   # Parseval
