@@ -145,7 +145,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     widths = [int(w) for w in args.sweep.split(",")] if args.sweep else None
     report = validate(obj, seed=args.simulate, size=args.size, gap=args.gap, gap_offset=args.gap_offset,
                       mode=args.mode, counts=args.counts, widths=widths, n_starts=args.starts,
-                      methods=args.methods.split(",") if args.methods else None)
+                      methods=args.methods.split(",") if args.methods else None, selfcheck=args.selfcheck)
     paths = write_report(report, args.out, figures=getattr(report, "figures", None), overwrite=args.overwrite)
     print(f"report: {paths['html']}  ({paths['json']})")
     return 0
@@ -168,7 +168,8 @@ def _cmd_assess(args: argparse.Namespace) -> int:
     data, mask = io.load_data_and_mask(args.input, args.mask, data_key=args.key)
     gap = _gap_from_args(args, data, mask)
     bad = None if mask is None else (np.asarray(mask) != 0) & ~gap   # hot pixels, aliens
-    result = assess(data, gap, bad_mask=bad, treatments=args.treatments.split(","), n_bands=args.bands,
+    result = assess(data, gap, bad_mask=bad, treatments=args.treatments.split(","), hidden=args.hidden,
+                    n_bands=args.bands,
                     n_starts=args.starts, model=args.weights, device=args.device, seed=args.seed)
     print(format_assessment(result))
     if args.output:
@@ -183,6 +184,18 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from bcdi_gapfill.demo import run_demo
     run_demo(args.out, size=args.size, seed=args.seed, overwrite=True)
     return 0
+
+
+def _add_data_and_gap_arguments(p: argparse.ArgumentParser, input_help: str) -> None:
+    """The input file and where its gap comes from (read by `_gap_from_args`)."""
+    p.add_argument("input", help=input_help)
+    p.add_argument("--key", default=None, help="dataset key/path in the input file")
+    p.add_argument("--mask", default=None, help="mask file (bcdi/PyNX: nonzero = masked)")
+    p.add_argument("--detector", default=None, help="detector whose chip gaps are the gap (e.g. Maxipix)")
+    p.add_argument("--roi", type=int, nargs=4, default=None, metavar=("R0", "R1", "C0", "C1"),
+                   help="bcdi ROI in unbinned detector pixels")
+    p.add_argument("--binning", type=int, nargs=3, default=(1, 1, 1))
+    p.add_argument("--gap", default=None, help="synthetic gap, e.g. cross:6 or vertical:3")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -205,15 +218,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("inpaint", help="fill the detector gaps of a 3D pattern file")
-    p.add_argument("input", help="data file (.npy, .npz, .h5, .cxi)")
+    _add_data_and_gap_arguments(p, "data file (.npy, .npz, .h5, .cxi)")
     p.add_argument("-o", "--output", required=True, help="output file; format from its suffix")
-    p.add_argument("--key", default=None, help="dataset key/path in the input file")
-    p.add_argument("--mask", default=None, help="mask file (bcdi/PyNX: nonzero = masked)")
-    p.add_argument("--detector", default=None, help="detector whose chip gaps to fill (e.g. Maxipix)")
-    p.add_argument("--roi", type=int, nargs=4, default=None, metavar=("R0", "R1", "C0", "C1"),
-                   help="bcdi ROI in unbinned detector pixels")
-    p.add_argument("--binning", type=int, nargs=3, default=(1, 1, 1))
-    p.add_argument("--gap", default=None, help="synthetic gap, e.g. cross:6 or vertical:3")
     p.add_argument("--method", default="model", help="model, biharmonic, linear, cubic, nearest or zero")
     p.add_argument("--weights", default=None, help="weights file (default: shipped model)")
     p.add_argument("--stride", type=int, default=None)
@@ -271,23 +277,23 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma-separated (also hybrid, model+gp, biharmonic+gp, gp), default: inpaint, "
                         "inpaint+release, biharmonic, free_pixels, zero_fill, linear_interp, no_gap")
     p.add_argument("--starts", type=int, default=4, help="random starts of phase retrieval")
+    p.add_argument("--selfcheck", action="store_true",
+                   help="also run `assess` (no truth used) on the same pattern and show its scores beside the "
+                        "truth's in the report (about twice the phasing time)")
     p.add_argument("--out", required=True)
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=_cmd_validate)
 
-    p = sub.add_parser("assess", help="which gap treatment to trust on this scan: hide measured bands shaped "
-                                      "like the gap, phase with each treatment, score the hidden voxels")
-    p.add_argument("input", help="data file (.npy, .npz, .h5, .cxi), Bragg peak near the centre")
-    p.add_argument("--key", default=None, help="dataset key/path in the input file")
-    p.add_argument("--mask", default=None, help="mask file (bcdi/PyNX: nonzero = masked)")
-    p.add_argument("--detector", default=None, help="detector whose chip gaps are the gap (e.g. Maxipix)")
-    p.add_argument("--roi", type=int, nargs=4, default=None, metavar=("R0", "R1", "C0", "C1"),
-                   help="bcdi ROI in unbinned detector pixels")
-    p.add_argument("--binning", type=int, nargs=3, default=(1, 1, 1))
-    p.add_argument("--gap", default=None, help="synthetic gap, e.g. cross:6 or vertical:3")
+    p = sub.add_parser("assess", help="self-check of the gap treatments on this scan: withhold measured bands "
+                                      "shaped like the gap, phase with each treatment, score the withheld counts "
+                                      "(a diagnostic, not yet a reliable pick: docs/benchmarks.md)")
+    _add_data_and_gap_arguments(p, "data file (.npy, .npz, .h5, .cxi), Bragg peak near the centre")
     p.add_argument("--treatments", default="free_pixels,zero_fill,inpaint,inpaint+release",
                    help="comma-separated, of free_pixels, zero_fill, inpaint, inpaint+release, biharmonic")
     p.add_argument("--bands", type=int, default=2, help="hidden bands of measured voxels (one phasing each)")
+    p.add_argument("--hidden", choices=("free", "treated"), default="free",
+                   help="hidden bands left free in every run, their counts withheld (default), or treated like "
+                        "the gap")
     p.add_argument("--starts", type=int, default=2, help="random starts per band and treatment")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--weights", default=None, help="weights of the inpaint treatments (default: shipped model)")

@@ -1,8 +1,7 @@
 """The per-scan self-check (`bcdi_gapfill.selfcheck.assess`, `bcdi-gapfill assess`): hidden
 bands of measured voxels, the scores, and the two cases it must get right: free pixels where
-the oversampling constrains a narrow gap and the fill is wrong, a fill where a wide gap hides
-the peak's central lobe at oversampling 3 (the case docs/benchmarks.md measures the released
-fill winning). Small crystals (48^3) and a short algorithm keep it to seconds."""
+the oversampling constrains a narrow gap and the fill is wrong, a fill where a 12-px cross hides
+the peak's central lobe at oversampling 3 and free pixels leave it unconstrained. Small crystals (48^3) and a short algorithm keep it to seconds."""
 from __future__ import annotations
 
 import json
@@ -67,7 +66,7 @@ def test_free_pixels_win_against_a_wrong_fill():
 
 def test_a_fill_wins_where_the_gap_hides_the_central_lobe(capsys):
     counts = _crystal(2, 3.0)
-    gap = synthetic_gap_mask(counts.shape, "cross", 9)        # through the peak, oversampling 3
+    gap = synthetic_gap_mask(counts.shape, "cross", 12)       # through the peak, oversampling 3
     result = assess(counts, gap, treatments=("free_pixels", "biharmonic"), algorithm=FAST, n_starts=2)
     assert result["recommended"] == "biharmonic"
     s = result["scores"]
@@ -125,3 +124,37 @@ def test_cli_assess_writes_json_and_keeps_the_input(tmp_path, capsys, monkeypatc
     assert {p: io.file_sha256(p) for p in before} == before
     captured = capsys.readouterr()
     assert "free_pixels predicts" in captured.out and "output exists" in captured.err
+
+
+@pytest.mark.parametrize("hidden", ["free", "treated"])
+def test_what_each_run_is_given(monkeypatch, hidden):
+    """R-free's rule by default: the band's counts are withheld and the band is free in every run,
+    the treatment applies to the gap only; "treated" applies it to gap and band alike."""
+    import bcdi_gapfill.phasing as P
+    counts = _crystal(1, 4.0)
+    gap = synthetic_gap_mask(counts.shape, "cross", 3, position=26, position2=26)
+    seen = []
+    real = P.phase_retrieval
+
+    def spy(intensity, **kwargs):
+        seen.append((intensity.copy(), kwargs.get("free_mask"), kwargs.get("estimated_mask")))
+        return real(intensity, **{**kwargs, "algorithm": "ER**5 * HIO**5"})
+
+    monkeypatch.setattr(P, "phase_retrieval", spy)
+    result = assess(counts, gap, treatments=("free_pixels", "zero_fill", "inpaint+release"), hidden=hidden,
+                    n_bands=1, n_starts=1, inpaint_options={"stride": 16}, progress=False)
+    band = hidden_bands(counts, gap, n_bands=1)[0]["mask"]
+    (free_i, free_free, _), (zero_i, zero_free, _), (rel_i, rel_free, rel_est) = seen
+    assert result["settings"]["hidden"] == hidden
+    assert np.array_equal(free_free, gap | band)                 # free pixels: gap and band free
+    assert not (zero_i[gap | band]).any()                        # zero fill: zeros in the gap
+    assert not rel_i[band].any() or hidden == "treated"          # free mode: nothing given in the band
+    if hidden == "free":
+        assert np.array_equal(zero_free, band) and np.array_equal(rel_free, band)
+        assert np.array_equal(rel_est, gap)                      # the fill is released in the gap only
+    else:
+        assert zero_free is None and rel_free is None
+        assert np.array_equal(rel_est, gap | band)
+    for intensity in (free_i, zero_i):
+        assert not intensity[band].any()
+    np.testing.assert_array_equal(rel_i[~(gap | band)], counts[~(gap | band)])
