@@ -79,9 +79,11 @@ from scipy import ndimage
 
 from . import __version__
 from . import metrics as M
+from .selfcheck import TREATMENTS as SELFCHECK_TREATMENTS
+from .selfcheck import assess
 
 __all__ = [
-    "validate", "write_report", "ValidationReport", "FigureData", "METHODS", "DEFAULT_METHODS",
+    "validate", "write_report", "verdict", "ValidationReport", "FigureData", "METHODS", "DEFAULT_METHODS",
     "MODES", "METRIC_KEYS", "NOISELESS_PEAK",
 ]
 
@@ -148,13 +150,17 @@ class FigureData:
 class ValidationReport(dict):
     """The report dict of :func:`validate` (JSON-serialisable as is), with figure data.
 
-    ``report.figures`` holds the :class:`FigureData` used by :func:`write_report`; it is an
-    attribute, not a key, so ``json.dumps(report)`` writes the report alone.
+    ``report.figures`` holds the :class:`FigureData` used by :func:`write_report`, and
+    ``report.pattern`` the measurement the methods were given: ``{"counts": float32 array,
+    "gap_mask": bool array}``, (frames, rows, columns), photons (e.g. to run
+    :func:`bcdi_gapfill.selfcheck.assess` on the same data). Both are attributes, not keys,
+    so ``json.dumps(report)`` writes the report alone.
     """
 
     def __init__(self, *args: Any, figures: FigureData | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.figures = figures
+        self.pattern: dict[str, np.ndarray] | None = None
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -557,7 +563,7 @@ def validate(obj: np.ndarray | None = None, *, seed: int | None = None, size: in
              inpaint_options: Mapping[str, Any] | None = None,
              simulate_options: Mapping[str, Any] | None = None,
              hybrid_quantile: float = HYBRID_QUANTILE,
-             refine_options: Mapping[str, Any] | None = None) -> ValidationReport:
+             refine_options: Mapping[str, Any] | None = None, selfcheck: bool = False) -> ValidationReport:
     """Measure what each gap treatment does to the reconstructed object.
 
     Parameters
@@ -629,6 +635,11 @@ def validate(obj: np.ndarray | None = None, *, seed: int | None = None, size: in
     refine_options : dict, optional
         Keyword arguments of :func:`bcdi_gapfill.refine.refine_band_limited` for the ``+gp``
         and ``gp`` methods (e.g. ``{"n_iter": 200, "refine_above": 0.01}``).
+    selfcheck : bool
+        Also run :func:`bcdi_gapfill.selfcheck.assess` on the same measured pattern (the
+        treatments of ``methods`` it knows, at least two; ``n_starts`` starts, the same
+        algorithm) and put its scores, which use no truth, in ``report["selfcheck"]`` beside
+        the truth-based ones. Costs about twice the phasing of those treatments.
 
     Returns
     -------
@@ -671,6 +682,8 @@ def validate(obj: np.ndarray | None = None, *, seed: int | None = None, size: in
     if len(set(methods)) != len(methods):
         raise ValueError(f"methods has duplicates: {methods}")
     methods = tuple(m for m in METHODS if m in methods)  # canonical order
+    if selfcheck and len([m for m in methods if m in SELFCHECK_TREATMENTS]) < 2:
+        raise ValueError(f"selfcheck needs at least two of {SELFCHECK_TREATMENTS} among the methods, got {methods}")
     if counts is not None and not (math.isfinite(counts) and counts > 0):
         raise ValueError(f"counts must be a positive peak photon count or None, got {counts!r}")
     if isinstance(n_starts, bool) or not isinstance(n_starts, (int, np.integer)) or n_starts < 1:
@@ -795,7 +808,19 @@ def validate(obj: np.ndarray | None = None, *, seed: int | None = None, size: in
     report["mode"] = mode
     report["primary_mode"] = primary
     report["methods"] = _finite_or_none(main_results[primary])
+    report["verdict"] = verdict(report)
     report["results"] = _finite_or_none(main_results)
+    checked = [m for m in methods if m in SELFCHECK_TREATMENTS and m not in skipped]
+    if selfcheck and len(checked) >= 2:
+        check = assess(noisy, main_gap, treatments=checked, n_starts=int(n_starts), algorithm=algorithm,
+                       seed=int(seed_pr), model=model, device=device, inpaint_options=inpaint_options,
+                       progress=progress)
+        truth_best = min(checked, key=lambda m: _finite_or_inf(main_results[primary][m].get("strain_rmse")))
+        check["truth_best"] = truth_best
+        check["agrees_with_truth"] = check["recommended"] == truth_best
+        report["selfcheck"] = _finite_or_none(check)
+    elif selfcheck:
+        report["selfcheck_skipped"] = f"fewer than two self-check treatments left after skipping {sorted(skipped)}"
     if sweep_specs:
         by_mode = {}
         for m in modes:
@@ -896,6 +921,7 @@ def validate(obj: np.ndarray | None = None, *, seed: int | None = None, size: in
                           "abs_error": [gap_only(abs_err, ax, i) for _, ax, i, _, _ in planes],
                           "freed": [_take(freed, ax, i) for _, ax, i, _, _ in planes]}
     report.figures = fd
+    report.pattern = {"counts": noisy, "gap_mask": main_gap}
     return report
 
 
@@ -1150,12 +1176,60 @@ def _offset_text(settings: Mapping[str, Any]) -> str:
     return f", offset ({off[0]}, {off[1]}) px (rows, columns) from the peak"
 
 
+def _finite_or_inf(value: Any) -> float:
+    return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else math.inf
+
+
+def _selfcheck_html(check: Mapping[str, Any]) -> str:
+    """The self-check's scores (no truth used) beside the truth's pick."""
+    rows = "".join(
+        f"<tr><td>{html.escape(name)}</td><td>{check['scores'][name]['deviance']:.3f}</td>"
+        f"<td>{check['scores'][name]['spread']:.3f}</td><td>{check['scores'][name]['pcc_log']:.3f}</td></tr>"
+        for name in check["ranking"])
+    agree = ("agrees with" if check.get("agrees_with_truth") else "differs from") + \
+        f" the truth's pick ({html.escape(str(check.get('truth_best')))}, lowest strain RMSE above)"
+    return (f"<h2>Self-check (no truth used)</h2><p class='cap'>{html.escape(check['summary'])} It {agree}. "
+            + ("Measured bands withheld beside the gap (free in every run), each treatment applied to the gap, "
+               if check.get("settings", {}).get("hidden", "free") == "free" else
+               "Measured bands hidden beside the gap, each treatment applied to gap and bands, ") +
+            "phased; "
+            "Poisson deviance per hidden voxel (lower is better), its spread over bands and starts, and "
+            "the log1p PCC of the hidden counts.</p><table><tr><th>treatment</th><th>deviance</th>"
+            f"<th>spread</th><th>log PCC</th></tr>{rows}</table>")
+
+
+def verdict(report: Mapping[str, Any]) -> str:
+    """One sentence: which treatment gave the lowest strain RMSE against the truth, by how much.
+
+    Read from ``report["methods"]`` (the primary mode); ``no_gap`` is the reference, not a
+    contender.
+    """
+    methods = report["methods"]
+    scored = {n: m["strain_rmse"] for n, m in methods.items()
+              if n != "no_gap" and m.get("strain_rmse") is not None and math.isfinite(m["strain_rmse"])}
+    if not scored:
+        return "No treatment gave a finite strain error."
+    ranked = sorted(scored, key=scored.get)
+    best = ranked[0]
+    text = f"{best} gave the lowest strain RMSE ({scored[best]:.2g})"
+    if len(ranked) > 1:
+        second = ranked[1]
+        ratio = scored[second] / scored[best] if scored[best] > 0 else math.inf
+        text += f", {ratio:.2g}x below the next, {second} ({scored[second]:.2g})"
+    reference = methods.get("no_gap", {}).get("strain_rmse")
+    if reference is not None and math.isfinite(reference):
+        text += f"; without the gap: {reference:.2g}"
+    mode = "phase retrieval" if report.get("primary_mode") == "pr" else "the true phases (oracle)"
+    return text + f" ({mode})."
+
+
 def _render_html(report: Mapping[str, Any], figures: FigureData | None) -> str:
     s = report.get("settings", {})
     modes = list(report.get("results", {}) or {report.get("primary_mode", "oracle"): report["methods"]})
     parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
              f"<title>bcdi-gapfill validation report</title><style>{_CSS}</style></head><body>",
              "<h1>Real-space validation of detector-gap treatments</h1>",
+             f"<p class='verdict'><b>{html.escape(verdict(report))}</b></p>",
              "<p class='cap'>bcdi-gapfill {v} &middot; {created} &middot; gap <b>{gap}</b>{off} "
              "({gv} voxels, {gf:.2%}) &middot; shape {shape} &middot; peak {peak} photons{noise} "
              "&middot; modes: {modes}</p>"
@@ -1187,6 +1261,8 @@ def _render_html(report: Mapping[str, Any], figures: FigureData | None) -> str:
     for m in modes:
         parts.append(f"<h2>Metrics &mdash; {html.escape(m)} mode</h2><p class='cap'>{desc.get(m, '')}</p>")
         parts.append(_table(report["results"][m] if "results" in report else report["methods"]))
+    if report.get("selfcheck"):
+        parts.append(_selfcheck_html(report["selfcheck"]))
     if figures is not None and figures.real:
         for m in modes:
             if m not in figures.real.get("modes", {}):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import base64
+import html
 import io
 import json
 import math
@@ -477,3 +478,38 @@ def test_band_limit_fill_keeps_measured_voxels():
 def test_bad_hybrid_and_refine_arguments(kwargs, err):
     with pytest.raises(err):
         V.validate(seed=0, size=32, progress=False, methods=("no_gap",), **kwargs)
+
+
+def test_verdict_names_the_winner_and_its_margin():
+    report = {"primary_mode": "pr", "methods": {
+        "inpaint": {"strain_rmse": 6e-4}, "free_pixels": {"strain_rmse": 2e-4}, "zero_fill": {"strain_rmse": None},
+        "no_gap": {"strain_rmse": 1e-4}}}
+    assert V.verdict(report) == ("free_pixels gave the lowest strain RMSE (0.0002), 3x below the next, inpaint "
+                                 "(0.0006); without the gap: 0.0001 (phase retrieval).")
+    assert V.verdict({"primary_mode": "oracle", "methods": {"no_gap": {"strain_rmse": 1e-4}}}) == \
+        "No treatment gave a finite strain error."
+
+
+def test_report_opens_with_the_verdict(written):
+    out, _ = written
+    report = json.loads((out / "report.json").read_text())
+    page = (out / "report.html").read_text()
+    assert report["verdict"] and "gave the lowest strain RMSE" in report["verdict"]
+    assert page.index("class='verdict'") < page.index("<h2>")
+    assert html.escape(report["verdict"]) in page
+
+
+def test_selfcheck_beside_the_truth(tmp_path):
+    rep = V.validate(seed=3, size=32, gap="cross:3", gap_offset=4, algorithm=FAST_PR, n_starts=1,
+                     methods=("free_pixels", "zero_fill", "linear_interp", "no_gap"), selfcheck=True,
+                     progress=False)
+    check = rep["selfcheck"]
+    assert set(check["scores"]) == {"free_pixels", "zero_fill"}        # the treatments it knows
+    assert check["truth_best"] in ("free_pixels", "zero_fill")
+    assert check["agrees_with_truth"] == (check["recommended"] == check["truth_best"])
+    paths = V.write_report(rep, tmp_path / "r")
+    page = paths["html"].read_text()
+    assert "Self-check (no truth used)" in page and "the truth's pick" in page
+    with pytest.raises(ValueError, match="selfcheck needs at least two"):
+        V.validate(seed=3, size=32, gap="cross:3", algorithm=FAST_PR, n_starts=1,
+                   methods=("free_pixels", "no_gap"), selfcheck=True, progress=False)
