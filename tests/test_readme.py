@@ -67,6 +67,8 @@ SHELL_SUBSTITUTIONS = {
     "bcdi-gapfill simulate --n 100 --size 128 --out sims/": "bcdi-gapfill simulate --n 2 --size 32 --out sims/",
     # 7 treatments x 4 starts of phase retrieval on 64^3 (1-2 min) -> 1 start on 32^3
     "--gap cross:9 --out val/": "--gap cross:9 --out val/ --size 32 --starts 1",
+    # 16 phase retrievals (minutes) -> 2
+    "-o S1234_assess.json": "-o S1234_assess.json --treatments free_pixels,zero_fill --bands 1 --starts 1",
     # the user's whole 516x516 Maxipix frames -> a 96x96 ROI around its chip cross
     "--roi 0 516 0 516": "--roi 210 306 210 306",
     # about 4 min of fine-tuning -> 2 steps on 8 portions
@@ -245,7 +247,7 @@ def test_readme_shell_commands(workdir):
         assert "Traceback" not in proc.stderr, proc.stderr
         done.append(command)
     assert len(done) >= 6, done
-    for output in ("S1234_gapfilled.npz", "filled.h5", "S1234_pynx_finetuned.pt"):
+    for output in ("S1234_gapfilled.npz", "filled.h5", "S1234_pynx_finetuned.pt", "S1234_assess.json"):
         assert (workdir / output).is_file(), output
     assert len(list((workdir / "sims").iterdir())) >= 2
     assert (workdir / "val" / "report.html").is_file()
