@@ -926,9 +926,10 @@ def estimate_phasing_seconds(shape: Sequence[int], algorithm: str | Operator = D
     take on this machine.
 
     Times five ER iterations on a random array of ``shape`` (after one warm-up iteration:
-    FFT plans, kernel compilation) and scales by the iterations of ``algorithm``. Within a
-    factor ~1.5 of the real run: a released estimate and the shrink-wrap steps cost a little
-    more than a plain iteration (a 128^3 default ``validate``: estimated 10 min, ran 9).
+    FFT plans, kernel compilation) and scales by the iterations of ``algorithm``. An
+    estimate: a released estimate and the shrink-wrap steps cost a little more than a plain
+    iteration, and other jobs on the CPU change both (docs/benchmarks.md compares it with
+    real runs).
     """
     op = _as_operator(algorithm)
     state = CDIState(np.random.default_rng(0).random(tuple(shape), dtype=np.float32), device=device)
