@@ -60,11 +60,15 @@ def _inpaint_outputs(output: str) -> tuple[Path, Path]:
     return out_path, out_path.with_name(out_path.stem + "_gapfill_record.npz")
 
 
-def _check_outputs_free(paths: list[Path], *, overwrite: bool, protect: list) -> None:
-    """Refuse, before anything is read or computed, outputs that the writes would refuse."""
+def _check_outputs_free(paths: list[Path], *, overwrite: bool, protect: list, arrays: bool = True) -> None:
+    """Refuse, before anything is read or computed, outputs that the writes would refuse.
+
+    ``arrays``: the outputs are array files (their suffix must be one `io.save_array` writes
+    with a mask); False for other outputs (a JSON record), whose suffix the caller checks.
+    """
     from bcdi_gapfill import io
     for path in paths:
-        if io._suffix(path) == ".npy":  # also raises on an unsupported suffix
+        if arrays and io._suffix(path) == ".npy":  # also raises on an unsupported suffix
             raise ValueError(f"{path}: a .npy file holds a single array, so the mask and attributes cannot be "
                              "stored; use .npz, .h5 or .cxi")
         for protected in protect:
@@ -161,10 +165,7 @@ def _cmd_assess(args: argparse.Namespace) -> int:
         out = Path(args.output)
         if out.suffix != ".json":
             raise ValueError(f"{out}: the assessment is written as JSON; give a .json output")
-        if os.path.lexists(out) and not args.overwrite:   # refused before minutes of phasing
-            raise FileExistsError(f"output exists: {out}; pass --overwrite to replace it")
-        if not out.parent.is_dir():
-            raise FileNotFoundError(f"cannot write {out}: directory {out.parent} does not exist")
+        _check_outputs_free([out], overwrite=args.overwrite, protect=protect, arrays=False)  # before the phasing
     data, mask = io.load_data_and_mask(args.input, args.mask, data_key=args.key)
     gap = _gap_from_args(args, data, mask)
     bad = None if mask is None else (np.asarray(mask) != 0) & ~gap   # hot pixels, aliens

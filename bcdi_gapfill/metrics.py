@@ -506,8 +506,9 @@ def diffracted_intensity(obj: np.ndarray) -> np.ndarray:
 
     Returns
     -------
-    ndarray, float64, same shape
-        Photons per voxel when ``obj`` came from phasing an intensity in photons.
+    ndarray, real, same shape
+        Photons per voxel when ``obj`` came from phasing an intensity in photons; in the
+        input's precision (cast a complex64 object to complex128 for float64).
     """
     a = np.asarray(obj)
     return np.abs(np.fft.fftshift(np.fft.fftn(np.fft.ifftshift(a), norm="ortho"))) ** 2

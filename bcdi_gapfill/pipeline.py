@@ -533,6 +533,7 @@ def run_workflow(config: str | os.PathLike | Mapping[str, Any], out_dir: str | o
         are the given files.
     """
     from bcdi_gapfill.bcdi_stage import fill_bcdi_files
+    from bcdi_gapfill.metrics import diffracted_intensity
     from bcdi_gapfill.phasing import CDIState, phase_retrieval
     from bcdi_gapfill.validation import _finite_or_none, _truth_support, _versions, write_report
 
@@ -647,8 +648,7 @@ def run_workflow(config: str | os.PathLike | Mapping[str, Any], out_dir: str | o
         if sim is not None:
             rep, slices[name] = _central_slices(res.obj, sim.obj, truth_support, q, voxel)
             entry.update(rep)
-            i_rec = np.abs(np.fft.fftshift(np.fft.fftn(np.fft.ifftshift(res.obj.astype(np.complex128)),
-                                                       norm="ortho"))) ** 2
+            i_rec = diffracted_intensity(res.obj.astype(np.complex128))
             reconstructed[name] = i_rec
             entry["pcc_gap_reconstructed"] = _pcc(sim.counts, i_rec, gap)
             source = i_rec if name == "free_pixels" else intensity

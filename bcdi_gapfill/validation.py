@@ -525,7 +525,7 @@ def _evaluate_gap(gap: np.ndarray, methods: Sequence[str], modes: Sequence[str],
                 state = CDIState(ctx.noisy, free_mask=gap if gap.any() else None, device="cpu")
                 state.set_obj(res.obj)
                 state.set_support(res.support)
-                i_rec = np.abs(_centred_fft(res.obj.astype(np.complex128))) ** 2
+                i_rec = M.diffracted_intensity(res.obj.astype(np.complex128))
                 entry = {**rep, **common, "llk": res.llk, "llk_measured": state.llk(),
                          "pcc_gap_reconstructed": _safe_pcc(ctx.noisy, i_rec, gap),
                          "phasing_time_s": pr_time, "best_start": res.best,

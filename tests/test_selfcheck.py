@@ -123,7 +123,7 @@ def test_cli_assess_writes_json_and_keeps_the_input(tmp_path, capsys, monkeypatc
     assert result["settings"]["gap_width"] == 3
     assert {p: io.file_sha256(p) for p in before} == before
     captured = capsys.readouterr()
-    assert "free_pixels predicts" in captured.out and "output exists" in captured.err
+    assert "free_pixels predicts" in captured.out and f"outputs exist: {out}" in captured.err
 
 
 @pytest.mark.parametrize("hidden", ["free", "treated"])
