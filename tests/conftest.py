@@ -52,19 +52,19 @@ def _skipped_for_pynx(report) -> bool:
     return "pynx" in str(report.longrepr[2]).lower()
 
 
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item, call):
-    outcome = yield
-    report = outcome.get_result()
+def _fail_a_pynx_skip(report) -> None:
     if _pynx_required() and _skipped_for_pynx(report):
         report.outcome = "failed"
         report.longrepr = f"PyNX is required in this run (BCDI_GAPFILL_REQUIRE_PYNX=1): {report.longrepr[2]}"
 
 
 @pytest.hookimpl(hookwrapper=True)
-def pytest_make_collect_report(collector):
+def pytest_runtest_makereport(item, call):   # a skip inside a test
     outcome = yield
-    report = outcome.get_result()
-    if _pynx_required() and _skipped_for_pynx(report):
-        report.outcome = "failed"
-        report.longrepr = f"PyNX is required in this run (BCDI_GAPFILL_REQUIRE_PYNX=1): {report.longrepr[2]}"
+    _fail_a_pynx_skip(outcome.get_result())
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector):   # a module-level skip (test_pynx_parity.py)
+    outcome = yield
+    _fail_a_pynx_skip(outcome.get_result())
