@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Sequence
 
 import h5py
 import numpy as np
@@ -168,16 +168,18 @@ def portions_from_array(counts: np.ndarray, expected: np.ndarray | None, n: int,
     return _cut_portions(counts, expected, corners, oversampling)
 
 
-def peak_portion_corners(intensity: np.ndarray, n: int, rng: np.random.Generator, radius: int = 24,
-                         window: int = WINDOW) -> list[tuple[int, int, int]]:
-    """Corners of ``n`` portions centred within ``radius`` voxels (on each axis, uniformly) of
-    the brightest voxel of ``intensity``, clipped to the array: the bright fringes around the
-    Bragg peak, which a detector gap near the peak crosses and `choose_portions` samples rarely."""
+def peak_portion_corners(intensity: np.ndarray, n: int, rng: np.random.Generator,
+                         radius: int | Sequence[int] = 24, window: int = WINDOW) -> list[tuple[int, int, int]]:
+    """Corners of ``n`` portions centred within ``radius`` voxels (uniformly; one radius, or
+    one per (frames, rows, columns) axis) of the brightest voxel of ``intensity``, clipped to
+    the array: the bright fringes around the Bragg peak, which a detector gap near the peak
+    crosses and `choose_portions` samples rarely."""
     dims = np.array(intensity.shape)
     if np.any(dims < window):
         raise ValueError(f"array shape {tuple(dims)} is smaller than the {window}^3 window")
+    radii = np.broadcast_to(np.asarray(radius, int), (3,))
     peak = np.array(np.unravel_index(np.argmax(intensity), intensity.shape))
-    return [tuple(int(v) for v in np.clip(peak + rng.integers(-radius, radius + 1, size=3) - window // 2,
+    return [tuple(int(v) for v in np.clip(peak + rng.integers(-radii, radii + 1) - window // 2,
                                           0, dims - window)) for _ in range(n)]
 
 
@@ -192,7 +194,11 @@ def _cut_portions(counts: np.ndarray, expected: np.ndarray | None, corners, over
                        np.full(len(corners), oversampling, np.float32))
 
 
-PLACEMENTS = ("periphery", "peak")
+PLACEMENTS = ("periphery", "peak", "centre")
+# "centre": the peak within 4 columns of the window's centre, where `portion_gap_mask` puts
+# its vertical band (so the band runs through the central lobe or just beside it), and within
+# 12 voxels on the other axes, as the windows stepping along a gap place it.
+CENTRE_RADIUS = (12, 12, 4)
 
 
 def _simulated_bank(args: tuple[int, int, int, str]) -> PortionBank:
@@ -200,8 +206,9 @@ def _simulated_bank(args: tuple[int, int, int, str]) -> PortionBank:
     seed, size, n, placement = args
     pattern = simulate_pattern(size, seed)
     oversampling = float(np.mean(pattern.metadata["oversampling"]))
-    if placement == "peak":
-        corners = peak_portion_corners(pattern.expected, n, np.random.default_rng(seed + 9_000_000))
+    if placement in ("peak", "centre"):
+        corners = peak_portion_corners(pattern.expected, n, np.random.default_rng(seed + 9_000_000),
+                                       radius=24 if placement == "peak" else CENTRE_RADIUS)
         return _cut_portions(pattern.counts, pattern.expected, corners, oversampling)
     rng = np.random.default_rng(seed + 7_000_000)
     return portions_from_array(pattern.counts, pattern.expected, n, rng, oversampling)
@@ -213,8 +220,9 @@ def build_portion_bank(n_patterns: int, *, first_seed: int = 0, size: int = 128,
     """Simulate ``n_patterns`` patterns (seeds first_seed..) and cut portions from each.
 
     ``placement``: ``"periphery"`` (`choose_portions`, the paper's preference for peripheral,
-    lower-intensity regions) or ``"peak"`` (`peak_portion_corners`, within 24 voxels of the
-    Bragg peak).
+    lower-intensity regions), ``"peak"`` (`peak_portion_corners`, within 24 voxels of the
+    Bragg peak) or ``"centre"`` (the peak within `CENTRE_RADIUS` of the window's centre, so the
+    portion's gap band crosses the central lobe or runs beside it).
     """
     from tqdm import tqdm
     if placement not in PLACEMENTS:
@@ -275,7 +283,7 @@ class GapPortionDataset(Dataset):
 
     Each item is ``(inputs, target, gap)``: inputs (2, 32, 32, 32) = [log_norm with the gap
     zeroed, gap mask], target (1, 32, 32, 32) = normalised log1p of the expectation (clipped to
-    0..1), gap (1, 32, 32, 32) bool; with ``prefill`` (a function of the (1, 1, 32, 32, 32)
+    0..``target_cap``; 1 is the window's brightest measured voxel), gap (1, 32, 32, 32) bool; with ``prefill`` (a function of the (1, 1, 32, 32, 32)
     log_norm and gap, e.g. `bcdi_gapfill.model.compute_prefill`) a fourth item, the
     prefilled channel (1, 32, 32, 32), computed in the loader's worker. With ``with_counts``
     two more items: the counts (1, 32, 32, 32) whose log1p is the target before
@@ -289,8 +297,9 @@ class GapPortionDataset(Dataset):
     def __init__(self, bank: PortionBank, widths: Iterable[int] = (3, 6, 9, 12), *,
                  cross_probability: float = 0.3, augment: bool = True, fixed: bool = False,
                  seed: int = 0, prefill: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
-                 with_counts: bool = False):
+                 with_counts: bool = False, target_cap: float = 1.0):
         self.bank = bank
+        self.target_cap = float(target_cap)
         self.prefill = prefill
         self.with_counts = with_counts
         self.widths = tuple(int(w) for w in widths)
@@ -319,7 +328,7 @@ class GapPortionDataset(Dataset):
                 gap = gap.swapaxes(1, 2)
         scale = max(float((log_counts * ~gap).max()), MIN_SCALE)
         log_norm = np.where(gap, 0.0, log_counts / scale).astype(np.float32)
-        target = np.clip(log_expected / scale, 0.0, 1.0).astype(np.float32)
+        target = np.clip(log_expected / scale, 0.0, self.target_cap).astype(np.float32)
         inputs = np.stack([log_norm, gap.astype(np.float32)])
         item = (torch.from_numpy(np.ascontiguousarray(inputs)),
                 torch.from_numpy(np.ascontiguousarray(target[None])),

@@ -189,13 +189,15 @@ def _peak_cross_rows(models: dict[str, Any], simulator: str, name: str, truth: n
 
 def peak_cross_table(models: dict[str, Any], *, n_arrays: int = 5, n_scans: int = 5, size: int = 128,
                      widths: tuple[int, ...] = WIDTHS, offsets: tuple[int, ...] = NEAR_PEAK_OFFSETS,
-                     stride: int | None = None) -> dict[str, Any]:
+                     stride: int | None = None, first_seed: int = PEAK_FIRST_SEED,
+                     first_scan_seed: int = CDIUTILS_PEAK_FIRST_SEED) -> dict[str, Any]:
     """Fill quality against the gap's distance from the Bragg peak, on both simulators.
 
     Held-out crystals of :func:`bcdi_gapfill.simulate.simulate_pattern` (``n_arrays``, seeds
-    :data:`PEAK_FIRST_SEED`...) and of cdiutils' simulator (``n_scans``,
-    :func:`bcdi_gapfill.scans.simulate_cdiutils_scan`, seeds from
-    :data:`CDIUTILS_PEAK_FIRST_SEED`; skipped with a note when cdiutils is missing), each
+    ``first_seed``..., by default :data:`PEAK_FIRST_SEED`...) and of cdiutils' simulator
+    (``n_scans``, :func:`bcdi_gapfill.scans.simulate_cdiutils_scan`, seeds from
+    ``first_scan_seed``, by default :data:`CDIUTILS_PEAK_FIRST_SEED`; skipped with a note when
+    cdiutils is missing), each
     ``size``^3, get a cross gap of each width centred ``offset`` pixels from the peak. The
     detector's counts are the Poisson truth with the gap zeroed.
 
@@ -210,7 +212,7 @@ def peak_cross_table(models: dict[str, Any], *, n_arrays: int = 5, n_scans: int 
     table: dict[str, Any] = {"size": size, "widths": list(widths), "offsets": list(offsets), "stride": stride,
                              "rows": [], "notes": []}
     for i in range(n_arrays):
-        seed = PEAK_FIRST_SEED + i
+        seed = first_seed + i
         pattern = simulate_pattern(size, seed)
         extra = {"seed": seed, "oversampling": float(np.mean(pattern.metadata["oversampling"]))}
         table["rows"] += _peak_cross_rows(models, "bcdi_gapfill", f"sim{seed}", pattern.counts, pattern.expected,
@@ -219,10 +221,10 @@ def peak_cross_table(models: dict[str, Any], *, n_arrays: int = 5, n_scans: int 
         try:
             from bcdi_gapfill.scans import simulate_cdiutils_scan
             for i in range(n_scans):
-                scan = simulate_cdiutils_scan(CDIUTILS_PEAK_FIRST_SEED + i, (size,) * 3)
+                scan = simulate_cdiutils_scan(first_scan_seed + i, (size,) * 3)
                 table["rows"] += _peak_cross_rows(models, "cdiutils", scan.name, scan.truth, scan.expected,
                                                   tuple(widths), tuple(offsets), stride,
-                                                  {"seed": CDIUTILS_PEAK_FIRST_SEED + i})
+                                                  {"seed": first_scan_seed + i})
         except ImportError as exc:
             table["notes"].append(f"cdiutils scans skipped: {exc}")
     methods = ["linear", "biharmonic", *models]

@@ -58,6 +58,10 @@ class UNetConfig:
     # Residual head: the correction is bound * tanh(raw / bound). An unbounded linear
     # correction diverged in training here (epoch 2, loss 0.13 -> 2.8 at lr 1e-3).
     residual_bound: float | None = 1.0
+    # Residual head, at inference: the output's ceiling in window-normalised log units (1 =
+    # the window's brightest measured voxel). Above 1, a fill can raise a Bragg peak that the
+    # gap hides above everything the window still measures; training clips its target there.
+    output_cap: float = 1.0
     prefill: str = "biharmonic"  # "zero" or "biharmonic": how gap voxels enter channel 0
     prefill_iterations: int = 80
     prefill_init: str = "linear"  # start of the CG iterations: "linear" (across-gap) or "zero"
@@ -285,10 +289,10 @@ class PatchUNet(nn.Module):
             bound = self.config.residual_bound
             out = base + (bound * torch.tanh(logits / bound) if bound else logits)
             if not self.training:
-                # At most the window's measured maximum (1), or the base where the base is
-                # brighter: a base computed over the whole array may rise above the window's
-                # maximum where the gap hides the Bragg peak, and a cap at 1 would flatten it.
-                out = torch.minimum(out.clamp_min(0.0), base.clamp_min(1.0))
+                # At most output_cap (1: the window's measured maximum), or the base where the
+                # base is brighter: a base computed over the whole array may rise above the
+                # window's maximum where the gap hides the Bragg peak, and a cap would flatten it.
+                out = torch.minimum(out.clamp_min(0.0), base.clamp_min(self.config.output_cap))
         return (out, logits) if return_logits else out
 
 

@@ -35,7 +35,7 @@ from bcdi_gapfill.dataset import (GapPortionDataset, PortionBank, cached_portion
 from bcdi_gapfill.io import check_config_keys
 from bcdi_gapfill.model import UNetConfig, build_model, compute_prefill, CONFIGS
 
-__all__ = ["TrainConfig", "gap_loss", "logit_penalty", "train", "load_train_config", "evaluate_loss"]
+__all__ = ["TrainConfig", "gap_loss", "photon_loss", "logit_penalty", "train", "load_train_config", "evaluate_loss"]
 
 
 @dataclass
@@ -58,6 +58,16 @@ class TrainConfig:
     simulate_peak: int = 0
     peak_first_seed: int = 600
     peak_portions_per_pattern: int = 8
+    # Extra simulated patterns (seeds centre_first_seed, ...) cut with the peak at the window's
+    # centre (`dataset.CENTRE_RADIUS`): the portion's gap band crosses the central lobe or runs
+    # beside it, the case where a gap hides most of the photons.
+    simulate_centre: int = 0
+    centre_first_seed: int = 800
+    centre_portions_per_pattern: int = 6
+    # Ceiling of the training target in window-normalised log units (1: the window's brightest
+    # measured voxel); None takes the model's ``output_cap``. Above 1 the network can learn to
+    # raise a peak that the gap hides.
+    target_cap: float | None = None
     widths: list[int] = field(default_factory=lambda: [3, 6, 9, 12])
     cross_probability: float = 0.3
     # Most peripheral simulated portions are Poisson-noise dominated: nothing in their gap is
@@ -81,6 +91,9 @@ class TrainConfig:
     w_mae: float = 1.0
     w_ssim: float = 1.0
     w_grad: float = 1.0
+    # Weight of `photon_loss` (|log| of the in-gap photon ratio, per portion): the log-domain
+    # losses above barely see the few bright voxels that carry most of a near-peak gap's photons.
+    w_photon: float = 0.0
     # Sigmoid-head models only (the paper's; refused for others): weight of `logit_penalty`, which keeps the
     # head's logits within +-logit_bound. Without it the paper's network collapsed to a zero
     # output on our data at every learning rate tried (docs/benchmarks.md); 0 turns it off.
@@ -91,6 +104,8 @@ class TrainConfig:
     # ten times the ~0.05 typical of log-normalised portions).
     initial_output: float | None = None
     checkpoint_every: int = 100
+    # Also write the weights of every finished epoch as ``epoch<N>.pt`` (about 3 MB each).
+    keep_epoch_weights: bool = False
     init_weights: str | None = None  # start from these weights (best.pt / exported file) when no checkpoint
     seed: int = 0
     num_threads: int | None = None
@@ -133,6 +148,24 @@ def gap_loss(pred: torch.Tensor, target: torch.Tensor, gap: torch.Tensor, measur
     grad = sum((gp - gt).abs().mean() for gp, gt in zip(_gradients(comp_pred), _gradients(comp_true))) / 3
     total = w_mae * mae + w_ssim * (1 - ssim_val) + w_grad * grad
     return total, {"mae": float(mae.detach()), "ssim": float(ssim_val.detach()), "grad": float(grad.detach())}
+
+
+def photon_loss(pred: torch.Tensor, target: torch.Tensor, gap: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """Mean over portions of |log(photons predicted in the gap / photons of the truth there)|.
+
+    Parameters
+    ----------
+    pred, target : (N, 1, D, H, W) float
+        Normalised log1p intensities (``log1p(counts) / scale``).
+    gap : (N, 1, D, H, W) bool
+    scale : (N,) float
+        Each portion's normalisation scale (`bcdi_gapfill.dataset.log_normalise`).
+    """
+    s = scale.reshape(-1, 1, 1, 1, 1)
+    gapf = gap.float()
+    predicted = (gapf * torch.expm1((pred * s).clamp_max(80.0))).sum(dim=(1, 2, 3, 4))
+    true = (gapf * torch.expm1(target * s)).sum(dim=(1, 2, 3, 4))
+    return (torch.log1p(predicted) - torch.log1p(true)).abs().mean()
 
 
 def logit_penalty(logits: torch.Tensor, bound: float = 4.0) -> torch.Tensor:
@@ -213,13 +246,15 @@ def _atomic_torch_save(obj: Any, path: Path) -> None:
 
 
 def _banks(paths: list[str], n_sim: int, first_seed: int, size: int, cache_dir: str | None,
-           peak: tuple[int, int, int] = (0, 0, 0)) -> PortionBank:
-    """Files, then the near-peak simulated bank (``peak`` = patterns, first seed, portions per
-    pattern), then the simulated bank, in this order (the order fixes the shuffles)."""
+           peak: tuple[int, int, int] = (0, 0, 0), centre: tuple[int, int, int] = (0, 0, 0)) -> PortionBank:
+    """Files, then the near-peak and peak-centred simulated banks (``peak``, ``centre`` =
+    patterns, first seed, portions per pattern), then the simulated bank, in this order (the
+    order fixes the shuffles)."""
     banks = [PortionBank.load(p) for p in paths]
-    if peak[0]:
-        banks.append(cached_portion_bank(peak[0], peak[1], size, cache_dir, portions_per_pattern=peak[2],
-                                         placement="peak"))
+    for (n, seed, per), placement in ((peak, "peak"), (centre, "centre")):
+        if n:
+            banks.append(cached_portion_bank(n, seed, size, cache_dir, portions_per_pattern=per,
+                                             placement=placement))
     if n_sim:
         banks.append(cached_portion_bank(n_sim, first_seed, size, cache_dir))
     if not banks:
@@ -271,7 +306,8 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> dict:
     np.random.seed(cfg.seed)
 
     train_bank = _banks(cfg.train_data, cfg.simulate_train, cfg.train_first_seed, cfg.simulate_size, cfg.cache_dir,
-                        (cfg.simulate_peak, cfg.peak_first_seed, cfg.peak_portions_per_pattern))
+                        (cfg.simulate_peak, cfg.peak_first_seed, cfg.peak_portions_per_pattern),
+                        (cfg.simulate_centre, cfg.centre_first_seed, cfg.centre_portions_per_pattern))
     if cfg.user_data:
         from bcdi_gapfill.dataset import portions_from_array
         from bcdi_gapfill.io import load_array
@@ -288,15 +324,21 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> dict:
 
     prefill = partial(compute_prefill, config=model_cfg) \
         if cfg.loader_workers and model_cfg.prefill != "zero" else None
+    target_cap = model_cfg.output_cap if cfg.target_cap is None else cfg.target_cap
+    if not (math.isfinite(cfg.w_photon) and cfg.w_photon >= 0):
+        raise ValueError(f"w_photon must be a finite number >= 0, got {cfg.w_photon}")
+    with_scale = cfg.w_photon > 0
     train_set = GapPortionDataset(train_bank, cfg.widths, cross_probability=cfg.cross_probability,
-                                  augment=True, seed=cfg.seed, prefill=prefill)
+                                  augment=True, seed=cfg.seed, prefill=prefill, with_counts=with_scale,
+                                  target_cap=target_cap)
     sampler = torch.utils.data.DistributedSampler(train_set, seed=cfg.seed) if distributed else None
     generator = torch.Generator().manual_seed(cfg.seed)
     train_loader = DataLoader(train_set, batch_size=cfg.batch_size, shuffle=sampler is None,
                               sampler=sampler, drop_last=True, generator=generator,
                               num_workers=cfg.loader_workers, persistent_workers=cfg.loader_workers > 0)
     val_loader = DataLoader(GapPortionDataset(val_bank, cfg.widths, cross_probability=cfg.cross_probability,
-                                              augment=False, fixed=True, seed=cfg.seed + 1),
+                                              augment=False, fixed=True, seed=cfg.seed + 1,
+                                              target_cap=target_cap),
                             batch_size=cfg.batch_size) if val_bank is not None else None
 
     # channels-last 3D puts CPU convolutions on oneDNN's fast path (3x faster backward here).
@@ -353,9 +395,13 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> dict:
             if i < skip:
                 continue
             inputs, target, gap = (t.to(device) for t in batch[:3])
-            base = batch[3].to(device) if len(batch) > 3 else None
+            base = batch[3].to(device) if prefill is not None else None
             pred, logits = net(inputs.to(memory_format=torch.channels_last_3d), gap, base, return_logits=True)
             loss, parts = gap_loss(pred, target, gap, inputs[:, :1], cfg.w_mae, cfg.w_ssim, cfg.w_grad)
+            if with_scale:
+                photons = photon_loss(pred, target, gap, batch[-1].to(device))
+                loss = loss + cfg.w_photon * photons
+                parts["photon"] = float(photons.detach())
             if penalise_logits:
                 penalty = logit_penalty(logits, cfg.logit_bound)
                 loss = loss + cfg.w_logit * penalty
@@ -393,6 +439,10 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> dict:
                 if new:
                     writer.writeheader()
                 writer.writerow(metrics)
+            if cfg.keep_epoch_weights and epoch_done:
+                # Whole-array model selection scores every epoch, not the portion loss's best.
+                _atomic_torch_save({"config": model_cfg.to_dict(), "state_dict": model.state_dict(),
+                                    "metrics": metrics}, out / f"epoch{state['epoch']}.pt")
             if val_loss < state["best_val"]:
                 state["best_val"] = val_loss
                 _atomic_torch_save({"config": model_cfg.to_dict(), "state_dict": model.state_dict(),

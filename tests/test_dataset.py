@@ -81,7 +81,35 @@ def test_peak_bank_is_cached_apart(tmp_path):
     assert np.array_equal(again.log_counts, peak.log_counts)
     assert not np.array_equal(peak.log_counts[:6], periphery.log_counts[:6])
     with pytest.raises(ValueError, match="placement"):
-        build_portion_bank(1, size=64, placement="centre")
+        build_portion_bank(1, size=64, placement="middle")
+
+
+def test_centre_placement_puts_the_peak_under_the_portion_gap_band():
+    from bcdi_gapfill.dataset import CENTRE_RADIUS, portion_gap_mask
+    from bcdi_gapfill.simulate import simulate_pattern
+    pattern = simulate_pattern(64, 4)
+    peak = np.array(np.unravel_index(np.argmax(pattern.expected), pattern.expected.shape))
+    corners = peak_portion_corners(pattern.expected, 100, np.random.default_rng(1), radius=CENTRE_RADIUS)
+    offsets = np.array([peak - np.array(c) - 16 for c in corners])
+    inside = [(peak >= c) & (peak < np.array(c) + 32) for c in corners]
+    assert all(i.all() for i in inside)
+    # Across the band (columns) the peak is at most 4 voxels from the window's centre (column
+    # 16), so a 12-px band (columns 10..21) always covers it; narrower bands cover it on some
+    # portions and pass beside it on the others.
+    assert np.abs(offsets[:, 2]).max() <= 4 and np.abs(offsets[:, :2]).max() > 4
+    band = np.flatnonzero(portion_gap_mask(12, np.random.default_rng(0), cross_probability=0)[0, 0])
+    assert all(band[0] <= peak[2] - c[2] <= band[-1] for c in corners)
+
+
+def test_target_cap_lets_a_hidden_peak_rise_above_the_window_maximum():
+    log_expected = np.zeros((1, 32, 32, 32), np.float16)
+    log_expected[0, 16, 16, :] = 8.0   # the peak column, inside the central band
+    log_expected[0, 16, 16, :10] = 4.0  # what the window still measures (the band is columns 10..21)
+    log_expected[0, 16, 16, 22:] = 4.0
+    bank = PortionBank(log_expected, log_expected, np.ones(1, np.float32), np.full(1, 3.0, np.float32))
+    capped = GapPortionDataset(bank, [12], cross_probability=0, augment=False, fixed=True)[0][1]
+    raised = GapPortionDataset(bank, [12], cross_probability=0, augment=False, fixed=True, target_cap=1.6)[0][1]
+    assert float(capped.max()) == 1.0 and float(raised.max()) == pytest.approx(1.6)
 
 
 def test_choose_portions_refuses_small_arrays():

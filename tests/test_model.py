@@ -112,3 +112,18 @@ def test_forward_returns_the_head_logits_on_request(name):
     else:
         # Residual head: zero-initialised, so its logits start at 0 and the output is the prefill.
         assert float(logits.abs().max()) == 0.0
+
+
+@pytest.mark.parametrize("cap", [1.0, 1.6])
+def test_output_cap_bounds_the_residual_head_at_inference(cap):
+    torch.manual_seed(0)
+    model = build_model({"filters": [4, 8, 8, 8], "final_filters": [4, 4, 4], "prefill": "zero",
+                         "output_cap": cap}).eval()
+    with torch.no_grad():
+        model.head.bias.fill_(5.0)  # a correction of +tanh(5) ~ +1 everywhere
+    x = torch.zeros((1, 2, 32, 32, 32))
+    base = torch.full((1, 1, 32, 32, 32), 0.9)
+    base[..., :4] = 1.8  # where a whole-array base is brighter than the cap it is kept
+    out = model(x, torch.zeros((1, 1, 32, 32, 32), dtype=torch.bool), base=base)
+    assert float(out[..., 8:].max()) == pytest.approx(cap)
+    assert float(out[..., :4].min()) == pytest.approx(1.8)

@@ -130,7 +130,43 @@ def test_near_peak_portions_join_the_training_bank(tmp_path, tiny_bank, capsys):
     assert f"training on {len(tiny_bank) + 4} of {len(tiny_bank) + 4} portions" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("name", ["train_default", "train_paper", "train_peak_finetune"])
+def test_photon_loss_is_the_log_photon_ratio_in_the_gap():
+    from bcdi_gapfill.train import photon_loss
+    gap = torch.zeros((2, 1, 4, 4, 4), dtype=torch.bool)
+    gap[:, :, :, :, 1:3] = True
+    scale = torch.tensor([2.0, 3.0])
+    target = torch.full((2, 1, 4, 4, 4), 0.5)
+    assert float(photon_loss(target.clone(), target, gap, scale)) == pytest.approx(0.0, abs=1e-6)
+    # Outside the gap the prediction does not count.
+    pred = torch.where(gap, target, torch.zeros_like(target))
+    assert float(photon_loss(pred, target, gap, scale)) == pytest.approx(0.0, abs=1e-6)
+    # A prediction with no photons in the gap costs log1p of the hidden photons.
+    pred = torch.zeros_like(target).requires_grad_()
+    hidden = 32 * np.expm1(0.5 * np.array([2.0, 3.0]))
+    loss = photon_loss(pred, target, gap, scale)
+    assert float(loss) == pytest.approx(np.log1p(hidden).mean(), rel=1e-5)
+    loss.backward()
+    assert float(pred.grad[gap].min()) < 0 and float(pred.grad[~gap].abs().max()) == 0
+
+
+def test_peak_centred_portions_photon_loss_and_epoch_weights(tmp_path, tiny_bank, capsys):
+    bank = _bank_file(tmp_path, tiny_bank)
+    model = {**TINY, "output_cap": 1.5}
+    cfg = TrainConfig(out_dir=str(tmp_path / "run"), model=model, train_data=[bank], batch_size=4, epochs=1,
+                      cache_dir=str(tmp_path / "cache"), simulate_size=64, simulate_centre=1,
+                      centre_first_seed=3, centre_portions_per_pattern=4, min_signal_pcc=-1.0,
+                      w_photon=0.1, keep_epoch_weights=True)
+    metrics = train(cfg, progress=False)
+    assert (tmp_path / "cache" / "sim_64_3_1_centre4.h5").exists()
+    assert f"training on {len(tiny_bank) + 4} of {len(tiny_bank) + 4} portions" in capsys.readouterr().out
+    saved = torch.load(tmp_path / "run" / "epoch1.pt", weights_only=False)
+    assert saved["config"]["output_cap"] == 1.5 and metrics["epoch"] == 1
+    with pytest.raises(ValueError, match="w_photon"):
+        train(TrainConfig(out_dir=str(tmp_path / "bad"), model=TINY, train_data=[bank], w_photon=-1.0),
+              progress=False)
+
+
+@pytest.mark.parametrize("name", ["train_default", "train_paper", "train_peak_finetune", "train_peak_aware"])
 def test_shipped_training_recipes_load(name):
     from pathlib import Path
 
