@@ -8,7 +8,7 @@ VPY := $(VENV)/bin/python
 SHARED ?= ../shared
 PYNX_WHEEL := $(SHARED)/third_party/pynx-2022.1-py3-none-any.whl
 
-.PHONY: install demo test test-pynx test-all bench clean
+.PHONY: install demo test test-pynx test-all docs bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -38,8 +38,13 @@ test-pynx: install
 test-all: install
 	$(VPY) -m pytest -q tests
 
+# The API reference from the numpydoc docstrings (Sphinx, warnings as errors) into docs/_build/html.
+docs: install
+	$(VPY) -m pip install -q -e '.[docs]'
+	$(VPY) -m sphinx -q -W --keep-going -b html docs docs/_build/html
+
 bench: install
 	$(VPY) benchmarks/run_all.py
 
 clean:
-	rm -rf $(VENV) .venv-nopynx build *.egg-info demo_output
+	rm -rf $(VENV) .venv-nopynx build *.egg-info demo_output docs/_build

@@ -18,14 +18,14 @@ __version__ = "0.1.0"
 
 # exported name -> (module, attribute); a module's name must never be one of the keys
 _LAZY = {
-    "inpaint": ("bcdi_gapfill.inpainting", "inpaint"),
-    "simulate_pattern": ("bcdi_gapfill.simulate", "simulate_pattern"),
-    "detector_gap_mask": ("bcdi_gapfill.geometry", "detector_gap_mask"),
-    "synthetic_gap_mask": ("bcdi_gapfill.geometry", "synthetic_gap_mask"),
-    "gap_mask_from_mask": ("bcdi_gapfill.geometry", "gap_mask_from_mask"),
-    "fill_gap": ("bcdi_gapfill.classical", "fill_gap"),
-    "validate": ("bcdi_gapfill.validation", "validate"),
-    "fill_bcdi_arrays": ("bcdi_gapfill.bcdi_stage", "fill_bcdi_arrays"),
+    "inpaint": ("bcdi_gapfill.fill.inpainting", "inpaint"),
+    "simulate_pattern": ("bcdi_gapfill.core.simulate", "simulate_pattern"),
+    "detector_gap_mask": ("bcdi_gapfill.core.geometry", "detector_gap_mask"),
+    "synthetic_gap_mask": ("bcdi_gapfill.core.geometry", "synthetic_gap_mask"),
+    "gap_mask_from_mask": ("bcdi_gapfill.core.geometry", "gap_mask_from_mask"),
+    "fill_gap": ("bcdi_gapfill.fill.classical", "fill_gap"),
+    "validate": ("bcdi_gapfill.validation.core", "validate"),
+    "fill_bcdi_arrays": ("bcdi_gapfill.integrations.bcdi", "fill_bcdi_arrays"),
 }
 
 __all__ = ["__version__", *_LAZY]

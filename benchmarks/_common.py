@@ -58,8 +58,8 @@ def load_model(weights: str | None):
     else an untrained ``build_model("gapfill")`` (same architecture and cost); a path to a
     weights file, or to a training checkpoint (``checkpoint.pt`` / ``best.pt``)."""
     import torch
-    from bcdi_gapfill.inpainting import DEFAULT_WEIGHTS
-    from bcdi_gapfill.model import build_model
+    from bcdi_gapfill.fill.inpainting import DEFAULT_WEIGHTS
+    from bcdi_gapfill.nn.model import build_model
 
     if weights is None:
         if DEFAULT_WEIGHTS.is_file():
@@ -79,7 +79,7 @@ def load_model(weights: str | None):
 def simulated(size, seed: int):
     """A simulated pattern, cached on disk so that every child process reads the same one."""
     import numpy as np
-    from bcdi_gapfill.simulate import simulate_pattern
+    from bcdi_gapfill.core.simulate import simulate_pattern
     shape = (size,) * 3 if isinstance(size, int) else tuple(size)
     CACHE.mkdir(parents=True, exist_ok=True)
     path = CACHE / f"sim_{'x'.join(map(str, shape))}_{seed}.npy"

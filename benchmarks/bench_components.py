@@ -2,7 +2,7 @@
 
 * prefill: the model's own dense biharmonic prefill (`PatchUNet.prefill`, 80 CG iterations
   on every voxel of the window) against the sparse gap-voxel prefill that `inpaint` uses
-  (`bcdi_gapfill.inpainting._FastPrefill`), for windows sharing one gap mask; the largest
+  (`bcdi_gapfill.fill.inpainting._FastPrefill`), for windows sharing one gap mask; the largest
   difference from the dense float32 prefill and from a float64 run of the same dense
   iterations (normalised log scale, 0..1);
 * trunk: the network after the prefill, contiguous vs channels-last memory, batch 8/16/32;
@@ -37,7 +37,7 @@ def _best(fn, repeat: int) -> float:
 
 def _masks():
     import numpy as np
-    from bcdi_gapfill.geometry import synthetic_gap_mask
+    from bcdi_gapfill.core.geometry import synthetic_gap_mask
     shape = (32, 32, 32)
     rng = np.random.default_rng(0)
     pixels = np.zeros(shape, bool)
@@ -70,11 +70,11 @@ def main(argv=None) -> dict:
 def _measure(opts) -> dict:
     import numpy as np
     import torch
-    from bcdi_gapfill.classical import biharmonic_fill_torch
-    from bcdi_gapfill.dataset import log_normalise
-    from bcdi_gapfill.geometry import synthetic_gap_mask
-    from bcdi_gapfill.inpainting import _FastPrefill, _MaskPlan, _taper, plan_windows
-    from bcdi_gapfill.model import PatchUNet, build_model
+    from bcdi_gapfill.nn.prefill import biharmonic_fill_torch
+    from bcdi_gapfill.nn.dataset import log_normalise
+    from bcdi_gapfill.core.geometry import synthetic_gap_mask
+    from bcdi_gapfill.fill.inpainting import _FastPrefill, _MaskPlan, _taper, plan_windows
+    from bcdi_gapfill.nn.model import PatchUNet, build_model
 
     repeat = 2 if opts.quick else 3
     torch.manual_seed(0)

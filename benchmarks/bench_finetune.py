@@ -3,7 +3,7 @@
 A simulated 128^3 pattern unlike the training set of the shipped model (which saw seeds 0..599
 of `simulate_pattern`'s defaults: oversampling 1.5-6, phase amplitude 0.1-1.5 rad) gets a
 6-pixel chip cross through its Bragg peak (the "real" gap). For each number of training
-portions, one run of `bcdi_gapfill.finetune.finetune` trains up to the largest step count and
+portions, one run of `bcdi_gapfill.nn.finetune.finetune` trains up to the largest step count and
 is scored at every requested step count on the way (the learning rate is constant, so the
 first N steps of a long run are exactly an N-step run):
 
@@ -59,12 +59,12 @@ def main(argv=None) -> dict:
 
     import numpy as np
     import torch
-    from bcdi_gapfill import finetune as ft
-    from bcdi_gapfill.finetune import finetune
-    from bcdi_gapfill.geometry import synthetic_gap_mask
-    from bcdi_gapfill.inpainting import inpaint, load_model
-    from bcdi_gapfill.metrics import pcc_gap
-    from bcdi_gapfill.simulate import simulate_pattern
+    from bcdi_gapfill.nn import finetune as ft
+    from bcdi_gapfill.nn.finetune import finetune
+    from bcdi_gapfill.core.geometry import synthetic_gap_mask
+    from bcdi_gapfill.fill.inpainting import inpaint, load_model
+    from bcdi_gapfill.core.metrics import pcc_gap
+    from bcdi_gapfill.core.simulate import simulate_pattern
 
     torch.set_num_threads(opts.threads)
     pattern = simulate_pattern(opts.size, **CASES[opts.case])
@@ -84,7 +84,7 @@ def main(argv=None) -> dict:
         for k in ("oversampling", "phase", "phase_amplitude", "peak_counts", "shape_name")},
         "gap": f"cross:{opts.gap_width}", "machine": C.machine(), "options": vars(opts),
         "weights": base_info.get("weights"), "weights_sha256": base_info.get("sha256"),
-        "finetune_defaults": {k: v for k, v in ft._DEFAULTS.items() if k not in ("callback", "exclude_mask")},
+        "finetune_defaults": {k: v for k, v in ft.FINETUNE_DEFAULTS.items() if k not in ("callback", "exclude_mask")},
         "real_gap_pcc_shipped": base_pcc, "real_gap_pcc_biharmonic": pcc_gap(pattern.expected, bih, gap),
         "inpaint_seconds": inpaint_s, "runs": []}
     print(json.dumps({k: payload[k] for k in ("case", "metadata", "real_gap_pcc_shipped",

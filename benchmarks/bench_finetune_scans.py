@@ -1,9 +1,9 @@
 """Fine-tuning on the measured array (issue 7) applied to the cdiutils-simulated scans.
 
-The scans of the evaluation (`bcdi_gapfill.scans.cdiutils_scan_set(3, 0)`: another simulator
+The scans of the evaluation (`bcdi_gapfill.validation.scans.cdiutils_scan_set(3, 0)`: another simulator
 than training's, detector frame, the Maxipix chip cross near the peak) are the data on which
 further training of the shipped model on our own simulations lost accuracy. Here each scan is
-treated as a user would: `bcdi_gapfill.finetune.finetune` on the scan's own counts and real
+treated as a user would: `bcdi_gapfill.nn.finetune.finetune` on the scan's own counts and real
 gap (default settings: 200 portions, 200 steps, Poisson deviance, 300 s budget, one thread),
 then `inpaint` with the tuned model. Scores over every voxel of the real gap: in-gap PCC of
 log1p against the gap-free noisy counts, headroom from log-linear interpolation to the
@@ -35,10 +35,10 @@ def main(argv=None) -> dict:
     opts = ap.parse_args(argv)
 
     import torch
-    from bcdi_gapfill.finetune import finetune
-    from bcdi_gapfill.inpainting import inpaint
-    from bcdi_gapfill.metrics import pcc_gap
-    from bcdi_gapfill.scans import cdiutils_scan_set
+    from bcdi_gapfill.nn.finetune import finetune
+    from bcdi_gapfill.fill.inpainting import inpaint
+    from bcdi_gapfill.core.metrics import pcc_gap
+    from bcdi_gapfill.validation.scans import cdiutils_scan_set
 
     torch.set_num_threads(1)
     scans = cdiutils_scan_set(max(opts.scans) + 1, 0)

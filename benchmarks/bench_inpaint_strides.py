@@ -13,7 +13,7 @@ are 8, 16 and 30; ``--small-strides`` adds 2 and 4, ``--full-stride1`` adds 1.
 
 Errors are on the gap voxels against the noisy simulated counts (the data the gap hid):
 mean absolute error of log1p, and the Pearson correlation of log1p
-(`bcdi_gapfill.metrics.pcc_gap`, the paper's equation 1).
+(`bcdi_gapfill.core.metrics.pcc_gap`, the paper's equation 1).
 
     .venv/bin/python benchmarks/bench_inpaint_strides.py [--quick] [--weights PATH] [--threads N]
         [--small-strides] [--full-stride1]
@@ -32,9 +32,9 @@ WIDTH = 6
 
 def _run(args: dict) -> dict:
     import numpy as np
-    from bcdi_gapfill.geometry import synthetic_gap_mask
-    from bcdi_gapfill.inpainting import inpaint, plan_windows
-    from bcdi_gapfill.metrics import pcc_gap
+    from bcdi_gapfill.core.geometry import synthetic_gap_mask
+    from bcdi_gapfill.fill.inpainting import inpaint, plan_windows
+    from bcdi_gapfill.core.metrics import pcc_gap
 
     truth = C.simulated(args["size"], args["seed"])
     if args.get("crop"):

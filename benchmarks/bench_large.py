@@ -1,7 +1,7 @@
 """A large array with a realistic detector gap layout: time and peak memory.
 
 256 frames x 300 x 300 pixels of a simulated pattern, with the Eiger2M chip gaps of two
-regions of interest (``bcdi_gapfill.geometry.detector_gap_mask("Eiger2M", 256, roi)``):
+regions of interest (``bcdi_gapfill.core.geometry.detector_gap_mask("Eiger2M", 256, roi)``):
 
 * ``narrow``: ROI rows 700:1000, columns 240:540 — one 5-pixel row gap and two 4-pixel
   column gaps cross the array (the shipped model's card allows gaps up to 12 pixels);
@@ -35,7 +35,7 @@ ROIS = {"narrow": (700, 1000, 240, 540), "wide": (400, 700, 240, 540)}
 
 
 def _gap(layout: str, frames: int):
-    from bcdi_gapfill.geometry import detector_gap_mask
+    from bcdi_gapfill.core.geometry import detector_gap_mask
     return detector_gap_mask("Eiger2M", frames, roi=ROIS[layout])
 
 
@@ -54,14 +54,14 @@ def _huge_data(n: int, seed: int):
 
 def _run_huge(args: dict) -> dict:
     import numpy as np
-    from bcdi_gapfill.geometry import synthetic_gap_mask
-    from bcdi_gapfill.inpainting import estimate_memory, plan_windows
+    from bcdi_gapfill.core.geometry import synthetic_gap_mask
+    from bcdi_gapfill.fill.inpainting import estimate_memory, plan_windows
 
     if args["version"] == "old":
         from bench_speedup import _old_module
         module = _old_module(args["ref"])
     else:
-        from bcdi_gapfill import inpainting as module
+        from bcdi_gapfill.fill import inpainting as module
     n = args["size"]
     data = _huge_data(n, args["seed"])
     gap = synthetic_gap_mask(data.shape, "cross", 6)
@@ -82,8 +82,8 @@ def _run(args: dict) -> dict:
     import numpy as np
     if args.get("huge"):
         return _run_huge(args)
-    from bcdi_gapfill.inpainting import _bands, inpaint, plan_windows
-    from bcdi_gapfill.metrics import pcc_gap
+    from bcdi_gapfill.fill.inpainting import _bands, inpaint, plan_windows
+    from bcdi_gapfill.core.metrics import pcc_gap
 
     shape = (args["frames"], 300, 300)
     truth = C.simulated(shape, args["seed"])
@@ -94,7 +94,7 @@ def _run(args: dict) -> dict:
            "bands": {axis: [list(b) for b in _bands(gap, axis)] for axis in (1, 2)}}
     kwargs = {"method": args["method"]}
     if args["method"] == "model":
-        from bcdi_gapfill.inpainting import DEFAULT_WEIGHTS
+        from bcdi_gapfill.fill.inpainting import DEFAULT_WEIGHTS
         if args.get("weights") is None and DEFAULT_WEIGHTS.is_file():
             model = None  # inpaint's own default: the shipped weights with their card (max gap width)
         else:

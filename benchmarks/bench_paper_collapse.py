@@ -3,18 +3,18 @@
 
 Each variant trains the paper network (`model: paper`, sigmoid head of slope 1.5) from the
 same seed on the recipe's data for ``--steps`` batches, then reports the validation in-gap
-PCC and loss (`bcdi_gapfill.train.evaluate_loss`, the recipe's validation portions) and the
+PCC and loss (`bcdi_gapfill.nn.train.evaluate_loss`, the recipe's validation portions) and the
 head's logits on one validation batch. Variants:
 
 * ``published``: the paper's network and loss as they are (output 0.5 at initialisation);
 * ``initial_output``: the head's bias set so that the output starts at 0.05;
-* ``logit_penalty``: `bcdi_gapfill.train.logit_penalty` (logits kept within +-4);
+* ``logit_penalty``: `bcdi_gapfill.nn.train.logit_penalty` (logits kept within +-4);
 * ``both``: the recipe.
 
     .venv/bin/python benchmarks/bench_paper_collapse.py [--steps 80] [--variants ...]
 
 Needs the recipe's cached portion banks (runs/cache, made by the first training run or by
-`bcdi_gapfill.dataset.cached_portion_bank`); simulates them otherwise (~10 min on 2 cores).
+`bcdi_gapfill.nn.dataset.cached_portion_bank`); simulates them otherwise (~10 min on 2 cores).
 """
 from __future__ import annotations
 
@@ -40,9 +40,9 @@ def run_variant(name: str, steps: int, out_root: Path) -> dict:
 
     import torch
     from torch.utils.data import DataLoader
-    from bcdi_gapfill.dataset import GapPortionDataset, cached_portion_bank
-    from bcdi_gapfill.model import PatchUNet, UNetConfig
-    from bcdi_gapfill.train import _signal_subset, load_train_config, train
+    from bcdi_gapfill.nn.dataset import GapPortionDataset, cached_portion_bank
+    from bcdi_gapfill.nn.model import PatchUNet, UNetConfig
+    from bcdi_gapfill.nn.train import _signal_subset, load_train_config, train
 
     recipe = load_train_config(C.ROOT / "workflows" / "train_paper.yml")
     cfg = dataclasses.replace(recipe, out_dir=str(out_root / name), max_steps=steps, time_budget_s=None,

@@ -1,5 +1,5 @@
 """Fill quality against the gap's distance from the Bragg peak (issue 21's protocol), on both
-simulators: `bcdi_gapfill.evaluate.peak_cross_table`.
+simulators: `bcdi_gapfill.validation.evaluate.peak_cross_table`.
 
 Held-out 128^3 crystals of our simulator (seeds 320000...) and of cdiutils' (seeds 10...),
 a cross gap of 3/6/9/12 px centred 0/2/4 px (near-peak) and 8/14/20 px (off-peak) from the
@@ -35,9 +35,9 @@ def main(argv=None) -> int:
     opts = ap.parse_args(argv)
     import torch
 
-    from bcdi_gapfill.evaluate import (NEAR_PEAK_OFFSETS, OFF_PEAK_OFFSETS, format_peak_cross_table,
+    from bcdi_gapfill.validation.evaluate import (NEAR_PEAK_OFFSETS, OFF_PEAK_OFFSETS, format_peak_cross_table,
                                        peak_cross_table)
-    from bcdi_gapfill.io import file_sha256
+    from bcdi_gapfill.core.io import file_sha256
 
     if opts.threads:
         torch.set_num_threads(opts.threads)

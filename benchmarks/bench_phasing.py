@@ -4,7 +4,7 @@ In one process, on the same simulated pattern (a crystal at oversampling 3, a fi
 one voxel wider than it, a 2-row free band beside the Bragg peak) and the same starting
 object, it times one iteration of HIO (beta 0.9), RAAR (beta 0.9) and ER for
 
-* ``ours``: :mod:`bcdi_gapfill.phasing` as it runs by default (fused numba kernels on CPU
+* ``ours``: :mod:`bcdi_gapfill.phasing.engine` as it runs by default (fused numba kernels on CPU
   when numba is installed; torch operations on CUDA);
 * ``ours, torch ops``: the same engine forced onto its torch-operation path (CPU only);
 * ``ours, released estimate``: the band given as an estimate being released
@@ -51,7 +51,7 @@ def _data(size: int):
     """(counts, support, free) of a simulated crystal, cached on disk (256^3 takes ~20 s)."""
     import numpy as np
     from scipy import ndimage
-    from bcdi_gapfill.simulate import simulate_pattern
+    from bcdi_gapfill.core.simulate import simulate_pattern
 
     C.CACHE.mkdir(parents=True, exist_ok=True)
     path = C.CACHE / f"phasing_{size}.npz"
@@ -77,7 +77,7 @@ def _sync(device: str) -> None:
 
 class _Ours:
     def __init__(self, counts, support, free, device: str, torch_ops: bool, start, estimate: bool = False):
-        from bcdi_gapfill import phasing as P
+        from bcdi_gapfill.phasing import engine as P
         masks = {"estimated_mask": free} if estimate else {"free_mask": free}
         self.state = P.CDIState(counts, support=support, device=device, llk_every=0, **masks)
         if estimate:
@@ -131,7 +131,7 @@ class _Floor:
 
 def _measure_size(size: int, opts, pynx_label: str | None) -> list[dict]:
     import numpy as np
-    from bcdi_gapfill import phasing as P
+    from bcdi_gapfill.phasing import engine as P
 
     counts, support, free = _data(size)
     init = P.InitRandom(0) * P.CDIState(counts, support=support, free_mask=free, device="cpu", llk_every=0)
@@ -234,7 +234,7 @@ def main(argv=None) -> dict:
     title = f"time per iteration ({opts.threads} thread(s), {opts.rounds} rounds)"
     tables = {title: C.table(rows, columns)}
     print(f"\n### {title}, load {machine['loadavg'][0]:.2f}\n{tables[title]}")
-    from bcdi_gapfill.phasing import _numba_kernels
+    from bcdi_gapfill.phasing.engine import _numba_kernels
     numba_version = None
     if _numba_kernels() is not None:
         import numba

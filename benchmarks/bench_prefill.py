@@ -5,13 +5,13 @@ prefill). ``inpaint(..., prefill="window")`` computes that fill inside each 32^3
 training; ``prefill="global"`` (the default) solves it once over the whole array and crops it
 to each window. This script measures both on whole simulated 128^3 arrays with a cross gap of
 each width within 8 pixels of the centre on each detector axis (the evaluation's
-`bcdi_gapfill.evaluate.whole_array_table` protocol), beside the linear and log-biharmonic
+`bcdi_gapfill.validation.evaluate.whole_array_table` protocol), beside the linear and log-biharmonic
 fills. Scores over every gap voxel: in-gap PCC of log1p against the noisy counts (the
 evaluation's metric) and its headroom (share of the way from linear interpolation to the
 Poisson ceiling), and PCC against the simulator's noise-free expectation.
 
 With ``--scans N`` the same four fills also run on the N cdiutils-simulated Maxipix scans of
-the evaluation (`bcdi_gapfill.scans.cdiutils_scan_set(N, 0)`: another simulator, the detector
+the evaluation (`bcdi_gapfill.validation.scans.cdiutils_scan_set(N, 0)`: another simulator, the detector
 frame, the real chip cross near the peak), scored against the scan's gap-free counts.
 
     .venv/bin/python benchmarks/bench_prefill.py [--seeds 300000 300001 300002 300003]
@@ -36,8 +36,8 @@ METHODS = ("linear", "biharmonic", "model_window", "model_global")
 def _score(counts, truth, expected, gap, model, stride: int, flips: bool = False) -> dict:
     """Every fill of METHODS on one array: in-gap PCC against the noisy truth and the
     noise-free expectation, headroom, seconds."""
-    from bcdi_gapfill.inpainting import inpaint
-    from bcdi_gapfill.metrics import pcc_gap
+    from bcdi_gapfill.fill.inpainting import inpaint
+    from bcdi_gapfill.core.metrics import pcc_gap
 
     row = {"load1_before": C.machine()["loadavg"][0], "ceiling": float(pcc_gap(truth, expected, gap))}
     for method in METHODS:
@@ -80,9 +80,9 @@ def main(argv=None) -> dict:
     opts = ap.parse_args(argv)
 
     import torch
-    from bcdi_gapfill.evaluate import whole_array_gap
-    from bcdi_gapfill.inpainting import load_model
-    from bcdi_gapfill.simulate import simulate_pattern
+    from bcdi_gapfill.validation.evaluate import whole_array_gap
+    from bcdi_gapfill.fill.inpainting import load_model
+    from bcdi_gapfill.core.simulate import simulate_pattern
 
     torch.set_num_threads(opts.threads)
     model, info = load_model(opts.weights, "cpu")
@@ -100,7 +100,7 @@ def main(argv=None) -> dict:
     per_width = [_summary(f"width {w}", [r for r in rows if r["width"] == w]) for w in opts.widths if rows]
     scan_rows = []
     if opts.scans:
-        from bcdi_gapfill.scans import cdiutils_scan_set
+        from bcdi_gapfill.validation.scans import cdiutils_scan_set
         for scan in cdiutils_scan_set(opts.scans, 0):
             row = {"scan": scan.name, **_score(scan.counts, scan.truth, scan.expected, scan.gap_mask, model,
                                                 opts.stride, opts.flips)}

@@ -7,15 +7,15 @@ the issue's zero, in this script's table). The headroom a smooth fill can close 
 smooth the pattern is across the gap, so this script measures the same fills on the same
 crystals with the fringes progressively blurred:
 
-* whole 128^3 arrays of `bcdi_gapfill.simulate.simulate_pattern` (seeds 300000..., the
+* whole 128^3 arrays of `bcdi_gapfill.core.simulate.simulate_pattern` (seeds 300000..., the
   evaluation's held-out whole-array seeds) with ``coherence_sigma`` set (a Gaussian blur of
   the intensity in voxels, partial coherence; training draws it in 0..0.8) and the
   evaluation's cross gap of each width within 8 pixels of the centre;
-* cdiutils-simulated Maxipix scans (`bcdi_gapfill.scans.simulate_cdiutils_scan`, the real
+* cdiutils-simulated Maxipix scans (`bcdi_gapfill.validation.scans.simulate_cdiutils_scan`, the real
   6-pixel chip cross near the peak) with the crystal's fringe period drawn in a given range
   (the evaluation's scans use 4-9 pixels).
 
-With ``--portions N`` it also runs the paper's Table 1 protocol (`bcdi_gapfill.evaluate.portion_table`:
+With ``--portions N`` it also runs the paper's Table 1 protocol (`bcdi_gapfill.validation.evaluate.portion_table`:
 N held-out 32^3 portions, a vertical gap in the middle, in-gap PCC of log1p) on portions cut
 from patterns of each ``coherence_sigma`` (seeds 200000..., ten portions per pattern).
 
@@ -45,9 +45,9 @@ FILLS = ("linear_counts", "linear", "biharmonic", "model")
 def _score(counts, truth, expected, gap, model, stride: int) -> dict:
     """Every fill of FILLS on one array: in-gap PCC of log1p against the noisy truth, headroom
     from count-linear interpolation (the issue's definition) and seconds."""
-    from bcdi_gapfill.classical import fill_gap
-    from bcdi_gapfill.inpainting import inpaint
-    from bcdi_gapfill.metrics import pcc_gap
+    from bcdi_gapfill.fill.classical import fill_gap
+    from bcdi_gapfill.fill.inpainting import inpaint
+    from bcdi_gapfill.core.metrics import pcc_gap
 
     row = {"ceiling": float(pcc_gap(truth, expected, gap))}
     runs = {"linear_counts": lambda: fill_gap(counts, gap, "linear", log=False),
@@ -78,9 +78,9 @@ def _summary(case: str, rows: list[dict]) -> dict:
 def _portion_rows(sigma: float, n_portions: int, widths: list[int], model) -> list[dict]:
     """Table 1 on portions of held-out patterns simulated with this ``coherence_sigma``."""
     import numpy as np
-    from bcdi_gapfill.dataset import PortionBank, portions_from_array
-    from bcdi_gapfill.evaluate import TEST_FIRST_SEED, portion_table
-    from bcdi_gapfill.simulate import simulate_pattern
+    from bcdi_gapfill.nn.dataset import PortionBank, portions_from_array
+    from bcdi_gapfill.validation.evaluate import TEST_FIRST_SEED, portion_table
+    from bcdi_gapfill.core.simulate import simulate_pattern
 
     banks, seed = [], TEST_FIRST_SEED
     while sum(len(b) for b in banks) < n_portions:
@@ -120,9 +120,9 @@ def main(argv=None) -> dict:
     opts = ap.parse_args(argv)
 
     import torch
-    from bcdi_gapfill.evaluate import whole_array_gap
-    from bcdi_gapfill.inpainting import load_model
-    from bcdi_gapfill.simulate import simulate_pattern
+    from bcdi_gapfill.validation.evaluate import whole_array_gap
+    from bcdi_gapfill.fill.inpainting import load_model
+    from bcdi_gapfill.core.simulate import simulate_pattern
 
     torch.set_num_threads(opts.threads)
     model, info = load_model(opts.weights, "cpu")
@@ -146,7 +146,7 @@ def main(argv=None) -> dict:
                                 [r for r in rows if r["coherence_sigma"] == sigma]))
     scan_rows = []
     if opts.scans:
-        from bcdi_gapfill.scans import simulate_cdiutils_scan
+        from bcdi_gapfill.validation.scans import simulate_cdiutils_scan
         for spec in opts.periods:
             low, high = (float(v) for v in spec.split(","))
             sel = []

@@ -55,8 +55,8 @@ def main(argv=None) -> dict:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
-    from bcdi_gapfill.geometry import synthetic_gap_mask
-    from bcdi_gapfill.inpainting import inpaint, plan_windows
+    from bcdi_gapfill.core.geometry import synthetic_gap_mask
+    from bcdi_gapfill.fill.inpainting import inpaint, plan_windows
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="64^3 pattern")

@@ -1,9 +1,9 @@
 """Does the self-check pick the treatment with the lower true strain error? (issue 22)
 
-For each held-out zero-phase crystal (`bcdi_gapfill.validation.validate`'s simulation, seeds
+For each held-out zero-phase crystal (`bcdi_gapfill.validation.core.validate`'s simulation, seeds
 500000...; never used to choose anything) and each cross gap (width, offset from the peak),
 `validate(mode="pr")` gives each treatment's true strain RMSE, and
-`bcdi_gapfill.selfcheck.assess` on the same measured pattern (``report.pattern``) gives its
+`bcdi_gapfill.validation.selfcheck.assess` on the same measured pattern (``report.pattern``) gives its
 recommendation without the truth. A case counts for the issue's target when the two best
 treatments by true strain RMSE differ by more than 20 %; the target is the right pick on
 >= 80 % of those.
@@ -44,7 +44,7 @@ def main(argv=None) -> int:
     import torch
 
     from bcdi_gapfill import validate
-    from bcdi_gapfill.selfcheck import assess
+    from bcdi_gapfill.validation.selfcheck import assess
 
     if opts.threads:
         torch.set_num_threads(opts.threads)

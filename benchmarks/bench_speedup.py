@@ -39,8 +39,8 @@ def _old_module(ref: str):
 def _run(args: dict) -> dict:
     import numpy as np
     import torch
-    from bcdi_gapfill.geometry import synthetic_gap_mask
-    from bcdi_gapfill import inpainting as new
+    from bcdi_gapfill.core.geometry import synthetic_gap_mask
+    from bcdi_gapfill.fill import inpainting as new
 
     module = _old_module(args["ref"]) if args["version"] == "old" else new
     truth = C.simulated(args["size"], args["seed"])
@@ -63,7 +63,7 @@ def _run(args: dict) -> dict:
 
 def main(argv=None) -> dict:
     import numpy as np
-    from bcdi_gapfill.geometry import synthetic_gap_mask
+    from bcdi_gapfill.core.geometry import synthetic_gap_mask
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="64^3 pattern, stride 16, 1 thread")

@@ -1,6 +1,6 @@
 """Training throughput on CPU: portions (32^3 windows) per second for the default config.
 
-The step is `bcdi_gapfill.train.train`'s: channels-last model, forward with the biharmonic
+The step is `bcdi_gapfill.nn.train.train`'s: channels-last model, forward with the biharmonic
 prefill, `gap_loss` (MAE + SSIM + gradient), backward, gradient clipping, Adam. Batches of
 16 portions cut from simulated 128^3 patterns with the training gap widths; one warm-up
 step, then the median of the timed steps.
@@ -23,10 +23,10 @@ def _run(args: dict) -> dict:
     import numpy as np
     import torch
     from torch.utils.data import DataLoader
-    from bcdi_gapfill.dataset import GapPortionDataset, PortionBank, portions_from_array
-    from bcdi_gapfill.model import build_model
-    from bcdi_gapfill.simulate import simulate_pattern
-    from bcdi_gapfill.train import TrainConfig, gap_loss
+    from bcdi_gapfill.nn.dataset import GapPortionDataset, PortionBank, portions_from_array
+    from bcdi_gapfill.nn.model import build_model
+    from bcdi_gapfill.core.simulate import simulate_pattern
+    from bcdi_gapfill.nn.train import TrainConfig, gap_loss
 
     cfg = TrainConfig()
     torch.manual_seed(0)

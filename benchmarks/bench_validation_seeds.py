@@ -1,6 +1,6 @@
 """Real-space validation over several seeds (issue 4): does the model's fill beat the baselines?
 
-For each seed, :func:`bcdi_gapfill.validation.validate` runs on a zero-phase simulated crystal
+For each seed, :func:`bcdi_gapfill.validation.core.validate` runs on a zero-phase simulated crystal
 (``--size``^3, peak 1e6 photons, Poisson noise; ``--counts none``: noiseless, as the
 paper's section 2.6.1) with cross gaps of every width of ``--widths``,
 their centre ``--gap-offset`` pixels from the Bragg peak on both detector axes, in both modes
@@ -53,7 +53,7 @@ METRICS = (("strain_rmse", "strain RMSE (1e-4)", 1e4), ("phase_std", "phase std 
 
 
 def _run(args: dict) -> dict:
-    from bcdi_gapfill.validation import validate, write_report
+    from bcdi_gapfill.validation.core import validate, write_report
 
     widths = args["widths"]
     t0 = time.perf_counter()

@@ -33,7 +33,7 @@ CDIUTILS_VALIDATION_FIRST_SEED = 30
 def summarise(table: dict, names: list[str]) -> list[dict]:
     """Per (simulator, width, position) and candidate: mean error reduction, cases above the
     biharmonic fill, median photon ratio."""
-    from bcdi_gapfill.evaluate import NEAR_PEAK_OFFSETS
+    from bcdi_gapfill.validation.evaluate import NEAR_PEAK_OFFSETS
 
     groups: dict = {}
     for row in table["rows"]:
@@ -65,9 +65,9 @@ def main(argv=None) -> int:
     opts = ap.parse_args(argv)
     import torch
 
-    from bcdi_gapfill.evaluate import NEAR_PEAK_OFFSETS, OFF_PEAK_OFFSETS, peak_cross_table
-    from bcdi_gapfill.inpainting import DEFAULT_WEIGHTS
-    from bcdi_gapfill.io import file_sha256
+    from bcdi_gapfill.validation.evaluate import NEAR_PEAK_OFFSETS, OFF_PEAK_OFFSETS, peak_cross_table
+    from bcdi_gapfill.fill.inpainting import DEFAULT_WEIGHTS
+    from bcdi_gapfill.core.io import file_sha256
 
     if opts.threads:
         torch.set_num_threads(opts.threads)

@@ -1,6 +1,6 @@
 """Fine-tune the shipped model on a measured array, keep the weights, and inpaint with them.
 
-Shows ``bcdi_gapfill.finetune``: a short second training on portions cut from the array
+Shows ``bcdi_gapfill.nn.finetune``: a short second training on portions cut from the array
 itself, away from its real gap, with artificial gaps of the gap's width (the paper's
 section 2.7):
 
@@ -25,10 +25,10 @@ from pathlib import Path
 
 import numpy as np
 
-from bcdi_gapfill.finetune import finetune, finetuned_weights_path, save_finetuned
-from bcdi_gapfill.inpainting import inpaint
-from bcdi_gapfill.metrics import pcc_gap
-from bcdi_gapfill.simulate import simulate_pattern
+from bcdi_gapfill.nn.finetune import finetune, finetuned_weights_path, save_finetuned
+from bcdi_gapfill.fill.inpainting import inpaint
+from bcdi_gapfill.core.metrics import pcc_gap
+from bcdi_gapfill.core.simulate import simulate_pattern
 
 FAST = os.environ.get("BCDI_GAPFILL_EXAMPLE_FAST") == "1"
 
@@ -45,7 +45,7 @@ def main() -> int:
     else:
         pattern = simulate_pattern(128, seed=900_001, shape_name="wulff", oversampling=8.0, peak_counts=1e6,
                                    phase="random", phase_amplitude=0.5)
-        from bcdi_gapfill.geometry import synthetic_gap_mask
+        from bcdi_gapfill.core.geometry import synthetic_gap_mask
         gap = synthetic_gap_mask(pattern.counts.shape, "cross", 6)  # a chip cross through the peak
         options = {}                                                 # the defaults
     data = np.where(gap, 0, pattern.counts).astype(np.float32)       # what the detector gives

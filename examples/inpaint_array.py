@@ -1,6 +1,6 @@
 """Inpaint the chip-gap cross of a simulated 3D BCDI pattern held in a numpy array.
 
-Shows the array API, ``bcdi_gapfill.inpainting.inpaint(data, gap_mask, method=...)``:
+Shows the array API, ``bcdi_gapfill.fill.inpainting.inpaint(data, gap_mask, method=...)``:
 
 1. simulate a 3D pattern (frames, rows, columns) with ``simulate_pattern``;
 2. cut out a Maxipix chip cross (bcdi's real layout: 6-pixel gaps at rows/columns
@@ -15,10 +15,10 @@ import os
 import sys
 import time
 
-from bcdi_gapfill.geometry import detector_gap_mask
-from bcdi_gapfill.inpainting import inpaint
-from bcdi_gapfill.metrics import pcc_gap
-from bcdi_gapfill.simulate import simulate_pattern
+from bcdi_gapfill.core.geometry import detector_gap_mask
+from bcdi_gapfill.fill.inpainting import inpaint
+from bcdi_gapfill.core.metrics import pcc_gap
+from bcdi_gapfill.core.simulate import simulate_pattern
 
 FAST = os.environ.get("BCDI_GAPFILL_EXAMPLE_FAST") == "1"
 SIZE = 64 if FAST else 128

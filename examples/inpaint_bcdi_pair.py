@@ -4,7 +4,7 @@ bcdi's preprocessing saves ``S<scan>_pynx<comment>.npz`` (entry ``data``) and
 ``S<scan>_maskpynx<comment>.npz`` (entry ``mask``, 1 = masked), with the chip gaps zeroed
 and masked. This example writes such a pair (from a simulated pattern, Maxipix gap cross,
 a hot pixel) into a temporary directory, then runs
-``bcdi_gapfill.bcdi_stage.fill_bcdi_files``, which writes ``..._gapfilled.npz`` copies
+``bcdi_gapfill.integrations.bcdi.fill_bcdi_files``, which writes ``..._gapfilled.npz`` copies
 (gap filled and unmasked, the hot pixel still masked) and a JSON record, leaving the
 originals untouched. The same from a shell:
 ``bcdi-gapfill bcdi S1_pynx_....npz S1_maskpynx_....npz``.
@@ -20,9 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
-from bcdi_gapfill.bcdi_stage import fill_bcdi_files
-from bcdi_gapfill.geometry import detector_gap_mask
-from bcdi_gapfill.simulate import simulate_pattern
+from bcdi_gapfill.integrations.bcdi import fill_bcdi_files
+from bcdi_gapfill.core.geometry import detector_gap_mask
+from bcdi_gapfill.core.simulate import simulate_pattern
 
 FAST = os.environ.get("BCDI_GAPFILL_EXAMPLE_FAST") == "1"
 SIZE = 64 if FAST else 128

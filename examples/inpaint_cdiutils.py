@@ -2,7 +2,7 @@
 
 1. cdiutils' own simulator (``BCDISimulator``: ID01 geometry, the Maxipix mask with its chip
    cross) makes a scan with the Bragg peak a few pixels from the cross, written as the ID01
-   (BLISS) file entries cdiutils reads (``bcdi_gapfill.scans``; no download);
+   (BLISS) file entries cdiutils reads (``bcdi_gapfill.validation.scans``; no download);
 2. the real ``BcdiPipeline.preprocess()`` crops it and saves ``pynx_phasing/S1_pynx_input_*.npz``;
 3. the one line ``fill_pipeline_gaps(pipeline)`` writes the gap-filled pair into
    ``pynx_phasing_gapfilled/`` (originals kept) and points the pipeline at it;
@@ -32,11 +32,11 @@ def run(directory: Path) -> int:
     matplotlib.use("Agg")                       # preprocess saves its figures as PNG
     from cdiutils.pipeline import BcdiPipeline
 
-    from bcdi_gapfill.cdiutils_stage import fill_pipeline_gaps, pipeline_input_paths
-    from bcdi_gapfill.geometry import gap_mask_from_mask
-    from bcdi_gapfill.inpainting import inpaint
-    from bcdi_gapfill.metrics import pcc_gap
-    from bcdi_gapfill.scans import simulate_cdiutils_scan, write_id01_master_file
+    from bcdi_gapfill.integrations.cdiutils import fill_pipeline_gaps, pipeline_input_paths
+    from bcdi_gapfill.core.geometry import gap_mask_from_mask
+    from bcdi_gapfill.fill.inpainting import inpaint
+    from bcdi_gapfill.core.metrics import pcc_gap
+    from bcdi_gapfill.validation.scans import simulate_cdiutils_scan, write_id01_master_file
 
     scan = simulate_cdiutils_scan(3, SHAPE, full_detector=True)
     params = write_id01_master_file(scan, directory / "sim.h5", overwrite=True)

@@ -1,6 +1,6 @@
 """Fill the detector gaps inside a PyNX phase-retrieval chain with the InpaintGaps operator.
 
-``bcdi_gapfill.pynx.InpaintGaps`` is a PyNX CDI operator, so it composes with PyNX's own::
+``bcdi_gapfill.integrations.pynx.InpaintGaps`` is a PyNX CDI operator, so it composes with PyNX's own::
 
     cdi = ER() ** 20 * HIO() ** 50 * InpaintGaps() * cdi
 
@@ -33,9 +33,9 @@ def main() -> int:
     except ImportError as exc:
         print(f"PyNX is not installed ({exc}); this example needs ESRF PyNX (pynx.cdi). Skipping.")
         return 0
-    from bcdi_gapfill.geometry import detector_gap_mask
-    from bcdi_gapfill.pynx import InpaintGaps, write_pynx_input
-    from bcdi_gapfill.simulate import simulate_pattern
+    from bcdi_gapfill.core.geometry import detector_gap_mask
+    from bcdi_gapfill.integrations.pynx import InpaintGaps, write_pynx_input
+    from bcdi_gapfill.core.simulate import simulate_pattern
 
     counts = simulate_pattern(SIZE, seed=2, peak_counts=1e5).counts
     roi = [258 - SIZE // 2, 258 + SIZE // 2] * 2

@@ -33,7 +33,7 @@ def demo_object(n: int) -> np.ndarray:
 
 def main() -> int:
     from bcdi_gapfill import validate
-    from bcdi_gapfill.validation import write_report
+    from bcdi_gapfill.validation.core import write_report
 
     obj = np.load(sys.argv[1]) if len(sys.argv) > 1 else demo_object(SIZE)
     if not np.iscomplexobj(obj) or obj.ndim != 3:

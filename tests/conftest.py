@@ -26,15 +26,15 @@ def _seed():
 
 @pytest.fixture(scope="session")
 def small_pattern():
-    from bcdi_gapfill.simulate import simulate_pattern
+    from bcdi_gapfill.core.simulate import simulate_pattern
     return simulate_pattern(64, 11, peak_counts=1e6)
 
 
 @pytest.fixture(scope="session")
 def tiny_bank():
     """A PortionBank cut from two small simulated patterns."""
-    from bcdi_gapfill.dataset import PortionBank, portions_from_array
-    from bcdi_gapfill.simulate import simulate_pattern
+    from bcdi_gapfill.nn.dataset import PortionBank, portions_from_array
+    from bcdi_gapfill.core.simulate import simulate_pattern
     banks = []
     for seed in (1, 2):
         p = simulate_pattern(64, seed, peak_counts=1e6)

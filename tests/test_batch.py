@@ -1,4 +1,4 @@
-"""bcdi_gapfill.batch: a scan series on Dask distributed.
+"""bcdi_gapfill.workflow.batch: a scan series on Dask distributed.
 
 Tiny bcdi pairs (32 x 64 x 64, a 3-pixel chip cross masked in every frame, a hot pixel and
 an alien) are gap-filled on a LocalCluster of 2 workers, with one corrupt data file and one
@@ -15,8 +15,8 @@ import yaml
 
 import distributed  # noqa: E402,F401  (a test extra: missing fails the suite)
 
-from bcdi_gapfill import batch  # noqa: E402
-from bcdi_gapfill.cli import main  # noqa: E402
+from bcdi_gapfill.workflow import batch  # noqa: E402
+from bcdi_gapfill.cli.commands import main  # noqa: E402
 
 SHAPE = (32, 64, 64)
 GAP_ROWS, GAP_COLS = slice(30, 33), slice(36, 39)
@@ -24,7 +24,7 @@ COMMENT = "_align-q-y_32_64_64_1_1_1"
 
 
 def _write_pair(directory, scan, seed, *, corrupt=False, with_mask=True, shape=SHAPE, cross=True):
-    from bcdi_gapfill.simulate import simulate_pattern
+    from bcdi_gapfill.core.simulate import simulate_pattern
     counts = simulate_pattern(shape, seed, peak_counts=1e5).counts.astype(np.float64)
     mask = np.zeros(shape, np.int8)
     if cross:
@@ -185,7 +185,7 @@ def test_series_with_the_shipped_model_resumes(tmp_path, client):
     row = batch.run_series(config, client=client, progress=False)["scans"][0]
     assert row["status"] == "ok", row["error"]
     record = json.loads(open(row["outputs"]["record"]).read())
-    from bcdi_gapfill.inpainting import default_model_info
+    from bcdi_gapfill.fill.inpainting import default_model_info
     assert record["method"] == "model" and record["weights_sha256"] == default_model_info()["sha256"]
     assert batch.run_series(config, client=client, progress=False)["scans"][0]["status"] == "skipped"
 
@@ -274,7 +274,7 @@ def test_each_scan_on_its_own_gpu(monkeypatch):
 def test_imports_stay_lazy_and_a_missing_dask_is_named(monkeypatch, tmp_path):
     import subprocess
     import sys
-    code = ("import sys, bcdi_gapfill, bcdi_gapfill.batch, bcdi_gapfill.cli; bcdi_gapfill.cli.build_parser(); "
+    code = ("import sys, bcdi_gapfill, bcdi_gapfill.workflow.batch, bcdi_gapfill.cli.commands; bcdi_gapfill.cli.commands.build_parser(); "
             "print(sorted(m for m in ('dask', 'distributed', 'dask_jobqueue', 'ewokscore') if m in sys.modules))")
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           check=True).stdout.strip() == "[]"

@@ -1,4 +1,4 @@
-"""bcdi_gapfill.bcdi_preprocess: bcdi 0.3.1's own preprocessing with the gap-filling stage inserted.
+"""bcdi_gapfill.workflow.bcdi_preprocess: bcdi 0.3.1's own preprocessing with the gap-filling stage inserted.
 
 The end-to-end tests write a raw ID01 BLISS HDF5 scan (32 Maxipix frames of 516 x 516 with a
 simulated Bragg peak, the chip-gap cross across it), a bcdi YAML with a ``gapfill:`` section,
@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 import yaml
 
-from bcdi_gapfill import bcdi_preprocess as bp
-from bcdi_gapfill.geometry import detector_gap_mask
+from bcdi_gapfill.workflow import bcdi_preprocess as bp
+from bcdi_gapfill.core.geometry import detector_gap_mask
 
 SHAPE = (32, 32, 32)
 ROI = [240, 272, 236, 268]          # rows 255-260 and columns 255-260 of the Maxipix cross inside
@@ -77,7 +77,7 @@ TINY_PHASING = {"algorithm": "ER**10 * HIO**20", "n_starts": 1}
 
 
 def test_report_settings_defaults_and_split():
-    from bcdi_gapfill.pipeline import DEFAULT_CONFIG
+    from bcdi_gapfill.workflow.pipeline import DEFAULT_CONFIG
     settings = bp.check_report_settings({"n_starts": 1, "device": "None", "out_dir": "rep_S{scan}"})
     assert settings == {**DEFAULT_CONFIG["phasing"], "n_starts": 1, "device": None, "out_dir": "rep_S{scan}"}
     assert bp.check_report_settings(None) == bp.REPORT_DEFAULTS
@@ -129,8 +129,8 @@ def test_report_dir_of_several_scans_needs_scan_placeholder(tmp_path):
 
 def test_workflow_phases_an_already_filled_pair(tmp_path):
     """pipeline.run_workflow(filled_pair=...) phases the given pair and refuses one not made from its data."""
-    from bcdi_gapfill.bcdi_stage import fill_bcdi_files
-    from bcdi_gapfill.pipeline import run_workflow, simulate_bcdi_pair
+    from bcdi_gapfill.integrations.bcdi import fill_bcdi_files
+    from bcdi_gapfill.workflow.pipeline import run_workflow, simulate_bcdi_pair
     pair = simulate_bcdi_pair(tmp_path, scan=2, seed=1, size=(16, 24, 24), roi_origin=(246, 246), hot_pixels=1,
                               peak_counts=1e4, phase="zero")
     filled = fill_bcdi_files(pair.data_path, pair.mask_path, method="biharmonic")
@@ -166,7 +166,7 @@ def test_load_config_errors(tmp_path):
         bp.load_config(bad)
     listing = tmp_path / "list.yml"
     listing.write_text("- 1\n- 2\n")
-    with pytest.raises(ValueError, match="YAML mapping of parameters, got list"):
+    with pytest.raises(ValueError, match="YAML mapping of settings, got list"):
         bp.load_config(listing)
     other = tmp_path / "config.json"
     other.write_text("{}")
@@ -229,7 +229,7 @@ def bcdi_run(tmp_path_factory):
 
 
 def test_bcdi_run_writes_bcdi_pair_and_gapfilled_pair(bcdi_run):
-    from bcdi_gapfill.simulate import simulate_pattern
+    from bcdi_gapfill.core.simulate import simulate_pattern
     root, raw, raw_hash, config_path, results = bcdi_run
     assert len(results) == 1 and results[0]["scan"] == 3
     result = results[0]
@@ -288,7 +288,7 @@ def test_rerun_detector_gap_refusal_and_commands(bcdi_run, capsys):
     """Second runs: gap from bcdi's detector object, refusal of existing outputs, CLI and script."""
     import subprocess
 
-    from bcdi_gapfill import cli
+    from bcdi_gapfill.cli import commands as cli
     root, raw, raw_hash, config_path, results = bcdi_run
     first = results[0]
     ours_before = _sha256(first["data"])
@@ -353,7 +353,7 @@ def test_raw_frames_to_report_in_one_run(tmp_path):
 
 
 def test_command_reports_config_errors_in_one_line(tmp_path, capsys):
-    from bcdi_gapfill import cli
+    from bcdi_gapfill.cli import commands as cli
     assert cli.main(["bcdi-preprocess", str(tmp_path / "missing.yml")]) == 2
     assert "bcdi-gapfill bcdi-preprocess: error: no such configuration file" in capsys.readouterr().err
     config = tmp_path / "scan.yml"
@@ -363,7 +363,8 @@ def test_command_reports_config_errors_in_one_line(tmp_path, capsys):
 
 
 def test_unsupported_bcdi_is_a_one_line_error(tmp_path, monkeypatch, capsys):
-    from bcdi_gapfill import bcdi_preprocess, cli
+    from bcdi_gapfill.cli import bcdi_preprocess
+    from bcdi_gapfill.cli import commands as cli
 
     def unsupported(*args, **kwargs):
         raise bcdi_preprocess.UnsupportedBcdiError("bcdi saved a mask before its data: this bcdi version is "

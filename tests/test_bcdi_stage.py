@@ -1,4 +1,4 @@
-"""bcdi_gapfill.bcdi_stage against the real bcdi 0.3.1.
+"""bcdi_gapfill.integrations.bcdi against the real bcdi 0.3.1.
 
 Frames are built as bcdi builds them: a simulated 64^3 pattern is placed on full 516 x 516
 Maxipix frames around the chip cross, each frame goes through bcdi's own
@@ -15,9 +15,10 @@ import json
 import numpy as np
 import pytest
 
-from bcdi_gapfill import bcdi_stage
-from bcdi_gapfill.bcdi_stage import fill_bcdi_arrays, fill_bcdi_files, output_paths
-from bcdi_gapfill.geometry import detector_gap_mask
+from bcdi_gapfill.cli import bcdi as bcdi_cli
+from bcdi_gapfill.integrations import bcdi as bcdi_stage
+from bcdi_gapfill.integrations.bcdi import fill_bcdi_arrays, fill_bcdi_files, output_paths
+from bcdi_gapfill.core.geometry import detector_gap_mask
 
 import bcdi.experiment.detector as bcdi_detector  # noqa: E402  (a test extra: missing fails the suite)
 
@@ -34,7 +35,7 @@ def _maxipix(**kwargs):
 @pytest.fixture(scope="module")
 def bcdi_scan():
     """(truth, data, mask) as bcdi holds them after loading and masking, float64 like bcdi."""
-    from bcdi_gapfill.simulate import simulate_pattern
+    from bcdi_gapfill.core.simulate import simulate_pattern
     truth = simulate_pattern(N, 7, peak_counts=1e5).counts.astype(np.float64)
     detector = _maxipix()
     hotpixels = np.zeros(detector.unbinned_pixel_number)
@@ -153,7 +154,7 @@ def test_integer_data_become_float64(bcdi_scan):
 
 
 def test_model_path_records_weights_hash(bcdi_scan):
-    from bcdi_gapfill.model import build_model
+    from bcdi_gapfill.nn.model import build_model
     truth, data, mask = bcdi_scan
     model = build_model({"filters": [4, 8, 8, 8], "final_filters": [4, 4, 4], "prefill_iterations": 20}).eval()
     filled, new_mask, record = fill_bcdi_arrays(data, mask, detector=_maxipix(), model=model, stride=16)
@@ -231,11 +232,11 @@ def test_cmd_bcdi(tmp_path, bcdi_scan, capsys):
     truth, data, mask = bcdi_scan
     data_path, mask_path = _write_bcdi_pair(tmp_path, data, mask)
     parser = argparse.ArgumentParser(prog="bcdi-gapfill")
-    bcdi_stage.add_bcdi_parser(parser.add_subparsers(dest="command", required=True))
+    bcdi_cli.add_bcdi_parser(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(["bcdi", str(data_path), str(mask_path), "--method", "biharmonic",
                               "--detector", "Maxipix", "--roi", *map(str, ROI), "--binning", "1", "1", "1",
                               "--out-dir", str(tmp_path), "--suffix", "_filled"])
-    assert args.func is bcdi_stage.cmd_bcdi
+    assert args.func is bcdi_cli.cmd_bcdi
     assert args.func(args) == 0
     printed = capsys.readouterr().out
     assert f"filled {int(_gap().sum())} gap voxels" in printed

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from bcdi_gapfill import calibration as C
-from bcdi_gapfill.geometry import synthetic_gap_mask
-from bcdi_gapfill.inpainting import inpaint
-from bcdi_gapfill.model import build_model
+from bcdi_gapfill.fill import calibration as C
+from bcdi_gapfill.core.geometry import synthetic_gap_mask
+from bcdi_gapfill.fill.inpainting import inpaint
+from bcdi_gapfill.nn.model import build_model
 
 SMALL = {"filters": [4, 8, 8, 8], "final_filters": [4, 4, 4], "prefill_iterations": 20}
 

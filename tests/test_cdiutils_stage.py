@@ -1,7 +1,7 @@
 """The cdiutils stage and the cdiutils-simulated scans, against cdiutils itself (0.2.1).
 
 cdiutils' ``BCDISimulator`` makes a Maxipix scan with the Bragg peak near the chip cross;
-``bcdi_gapfill.scans.write_id01_master_file`` writes it as the ID01 (BLISS) entries cdiutils'
+``bcdi_gapfill.validation.scans.write_id01_master_file`` writes it as the ID01 (BLISS) entries cdiutils'
 loader reads; the real ``BcdiPipeline.preprocess`` crops and saves it; our stage fills the gap;
 ``phase_retrieval`` is then pointed at the filled pair. The full PyNX phasing of the filled
 pair (in-process, cdiutils' ``PyNXPhaser`` on the CPU PyNX) is marked slow.
@@ -17,12 +17,12 @@ import pytest
 
 import cdiutils  # noqa: E402,F401  (a test extra: missing fails the suite)
 
-from bcdi_gapfill import scans  # noqa: E402
-from bcdi_gapfill.cdiutils_stage import (  # noqa: E402
+from bcdi_gapfill.validation import scans  # noqa: E402
+from bcdi_gapfill.integrations.cdiutils import (  # noqa: E402
     cdiutils_output_paths, fill_cdiutils_files, fill_pipeline_gaps, pipeline_input_paths)
-from bcdi_gapfill.geometry import gap_mask_from_mask  # noqa: E402
-from bcdi_gapfill.inpainting import inpaint  # noqa: E402
-from bcdi_gapfill.metrics import pcc_gap  # noqa: E402
+from bcdi_gapfill.core.geometry import gap_mask_from_mask  # noqa: E402
+from bcdi_gapfill.fill.inpainting import inpaint  # noqa: E402
+from bcdi_gapfill.core.metrics import pcc_gap  # noqa: E402
 
 SHAPE = (32, 64, 64)     # frames, rows, columns: the smallest crop the model serves
 
@@ -106,9 +106,9 @@ def test_crop_is_the_simulators_detector_frame():
 def test_simulator_is_kept_out_of_training():
     import bcdi_gapfill
     package = Path(bcdi_gapfill.__file__).parent
-    for module in ("dataset.py", "train.py", "simulate.py"):
+    for module in ("nn/dataset.py", "nn/train.py", "core/simulate.py"):
         source = (package / module).read_text()
-        assert "cdiutils" not in source and "bcdi_gapfill.scans" not in source, module
+        assert "cdiutils" not in source and "bcdi_gapfill.validation.scans" not in source, module
         assert "import scans" not in source, module
 
 

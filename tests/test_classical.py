@@ -1,4 +1,4 @@
-"""Tests of the classical gap fills (bcdi_gapfill.classical)."""
+"""Tests of the classical gap fills (bcdi_gapfill.fill.classical)."""
 from __future__ import annotations
 
 
@@ -8,8 +8,9 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import bcdi_gapfill.classical as C
-from bcdi_gapfill.classical import (
+import bcdi_gapfill.fill.classical as C
+import bcdi_gapfill.nn.prefill as P
+from bcdi_gapfill.fill.classical import (
     METHODS,
     biharmonic_fill_torch,
     fill_gap,
@@ -368,7 +369,7 @@ def test_torch_linear_start_is_the_numpy_linear_fill():
              band_mask(shape, cols=[(0, 2)], rows=[(13, 16)]),
              np.random.default_rng(13).random(shape) < 0.1]
     vals = np.stack([np.log1p(pattern(shape, seed=30 + b)) for b in range(3)]).astype(np.float64)
-    got = C._torch_linear_init(torch.from_numpy(vals)[:, None], torch.from_numpy(np.stack(masks))[:, None])
+    got = P._torch_linear_init(torch.from_numpy(vals)[:, None], torch.from_numpy(np.stack(masks))[:, None])
     for b, mask in enumerate(masks):
         np.testing.assert_allclose(got[b, 0].numpy(), interpolate_across_gap(vals[b], mask, "linear"),
                                    rtol=1e-12, atol=1e-12)
@@ -381,7 +382,7 @@ def test_torch_float32_default_tolerance():
     mask = band_mask((n, n, n), cols=[(13, 13 + w)], rows=[(5, 5 + w)])
     v = torch.from_numpy(vals)[:, None]
     g = torch.from_numpy(np.broadcast_to(mask, vals.shape).copy())[:, None]
-    filled, iters, _ = C._biharmonic_cg_torch(v, g, 1000, 1e-4)
+    filled, iters, _ = P._biharmonic_cg_torch(v, g, 1000, 1e-4)
     assert iters <= 200  # ~130 measured for a width-6 cross (linear start)
     out = biharmonic_fill_torch(v, g)
     for b in range(2):

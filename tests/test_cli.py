@@ -4,14 +4,14 @@ import re
 import numpy as np
 import pytest
 
-from bcdi_gapfill import io
-from bcdi_gapfill.cli import main
-from bcdi_gapfill.inpainting import DEFAULT_WEIGHTS
+from bcdi_gapfill.core import io
+from bcdi_gapfill.cli.commands import main
+from bcdi_gapfill.fill.inpainting import DEFAULT_WEIGHTS
 
 
 @pytest.fixture()
 def pattern_file(tmp_path):
-    from bcdi_gapfill.simulate import simulate_pattern
+    from bcdi_gapfill.core.simulate import simulate_pattern
     p = simulate_pattern(40, 5, peak_counts=1e5)
     mask = np.zeros(p.counts.shape, np.int8)
     mask[:, :, 18:22] = 1       # a chip gap: masked in every frame
@@ -62,7 +62,7 @@ def test_inpaint_command_errors(tmp_path, pattern_file, capsys):
 def test_demo_end_to_end(tmp_path):
     """The README's main job: shipped weights, simulate, gap, inpaint, report."""
     assert DEFAULT_WEIGHTS.is_file(), "the shipped default weights are missing"
-    from bcdi_gapfill.demo import run_demo
+    from bcdi_gapfill.workflow.demo import run_demo
     summary = run_demo(tmp_path / "demo", size=64, seed=3)
     methods = summary["methods"]
     assert set(methods) >= {"model", "biharmonic", "linear"}
@@ -78,7 +78,7 @@ def _must_not_run(*args, **kwargs):
 def test_inpaint_command_checks_every_output_before_computing(tmp_path, pattern_file, monkeypatch, capsys):
     """An existing record (or any other output that cannot be written) stops the command before it
     reads or computes anything, and nothing is written."""
-    import bcdi_gapfill.inpainting as inp
+    import bcdi_gapfill.fill.inpainting as inp
     data_path, mask_path, _ = pattern_file
     monkeypatch.setattr(io, "load_data_and_mask", _must_not_run)
     monkeypatch.setattr(inp, "inpaint", _must_not_run)

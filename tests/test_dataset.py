@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from bcdi_gapfill.dataset import (GapPortionDataset, MIN_SCALE, PortionBank, choose_portions, log_denormalise,
+from bcdi_gapfill.nn.dataset import (GapPortionDataset, MIN_SCALE, PortionBank, choose_portions, log_denormalise,
                                   log_normalise, peak_portion_corners, portion_gap_mask)
 
 
@@ -39,7 +39,7 @@ def test_empty_portion_has_minimum_scale():
 
 
 def test_choose_portions_never_empty_and_prefers_periphery():
-    from bcdi_gapfill.simulate import simulate_pattern
+    from bcdi_gapfill.core.simulate import simulate_pattern
     counts = simulate_pattern(128, 4, peak_counts=1e6, oversampling=3.0).counts
     corners = choose_portions(counts, 30, np.random.default_rng(0))
     assert len(corners) == 30
@@ -72,7 +72,7 @@ def test_peak_portion_corners_centre_near_the_peak_and_stay_inside():
 
 
 def test_peak_bank_is_cached_apart(tmp_path):
-    from bcdi_gapfill.dataset import build_portion_bank, cached_portion_bank
+    from bcdi_gapfill.nn.dataset import build_portion_bank, cached_portion_bank
     peak = cached_portion_bank(2, 5, 64, tmp_path, workers=1, portions_per_pattern=6, placement="peak")
     periphery = cached_portion_bank(2, 5, 64, tmp_path, workers=1)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["sim_64_5_2.h5", "sim_64_5_2_peak6.h5"]
@@ -85,8 +85,8 @@ def test_peak_bank_is_cached_apart(tmp_path):
 
 
 def test_centre_placement_puts_the_peak_under_the_portion_gap_band():
-    from bcdi_gapfill.dataset import CENTRE_RADIUS, portion_gap_mask
-    from bcdi_gapfill.simulate import simulate_pattern
+    from bcdi_gapfill.nn.dataset import CENTRE_RADIUS, portion_gap_mask
+    from bcdi_gapfill.core.simulate import simulate_pattern
     pattern = simulate_pattern(64, 4)
     peak = np.array(np.unravel_index(np.argmax(pattern.expected), pattern.expected.shape))
     corners = peak_portion_corners(pattern.expected, 100, np.random.default_rng(1), radius=CENTRE_RADIUS)
@@ -99,6 +99,17 @@ def test_centre_placement_puts_the_peak_under_the_portion_gap_band():
     assert np.abs(offsets[:, 2]).max() <= 4 and np.abs(offsets[:, :2]).max() > 4
     band = np.flatnonzero(portion_gap_mask(12, np.random.default_rng(0), cross_probability=0)[0, 0])
     assert all(band[0] <= peak[2] - c[2] <= band[-1] for c in corners)
+
+
+def test_banks_of_larger_windows_are_cached_apart_and_get_their_own_gaps(tmp_path):
+    from bcdi_gapfill.nn.dataset import cached_portion_bank
+    bank = cached_portion_bank(1, 5, 64, tmp_path, workers=1, portions_per_pattern=3, placement="centre", window=48)
+    assert [p.name for p in tmp_path.iterdir()] == ["sim_64_5_1_centre3_w48.h5"]
+    assert bank.log_counts.shape == (3, 48, 48, 48)
+    inputs, target, gap = GapPortionDataset(bank, [9], cross_probability=0, augment=False, fixed=True)[0]
+    assert inputs.shape == (2, 48, 48, 48) and gap.shape == (1, 48, 48, 48)
+    # the band in the middle of the 48-voxel window: columns 19..27
+    assert np.flatnonzero(gap[0, 0, 0].numpy()).tolist() == list(range(19, 28))
 
 
 def test_target_cap_lets_a_hidden_peak_rise_above_the_window_maximum():

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from bcdi_gapfill.evaluate import _markdown, portion_table
-from bcdi_gapfill.model import build_model
+from bcdi_gapfill.validation.evaluate import _markdown, portion_table
+from bcdi_gapfill.nn.model import build_model
 
 
 def test_portion_table_structure_and_baselines(tiny_bank):
@@ -20,7 +20,7 @@ def test_portion_table_structure_and_baselines(tiny_bank):
 
 
 def test_whole_array_table_per_width():
-    from bcdi_gapfill.evaluate import whole_array_table
+    from bcdi_gapfill.validation.evaluate import whole_array_table
     model = build_model({"filters": [4, 8, 8, 8], "final_filters": [4, 4, 4], "prefill_iterations": 10}).eval()
     table, slices = whole_array_table({"model": model}, n_arrays=1, size=48, widths=(3, 6), stride=16)
     assert [r["width"] for r in table["rows"]] == [3, 6]
@@ -34,7 +34,7 @@ def test_whole_array_table_per_width():
 
 
 def test_peak_cross_gap_is_centred_on_the_peak_plus_the_offset():
-    from bcdi_gapfill.evaluate import peak_cross_gap
+    from bcdi_gapfill.validation.evaluate import peak_cross_gap
     gap = peak_cross_gap((16, 40, 40), 5, (8, 20, 22), 0)
     rows, cols = np.flatnonzero(gap[0].all(axis=1)), np.flatnonzero(gap[0].all(axis=0))
     assert list(rows) == [18, 19, 20, 21, 22] and list(cols) == [20, 21, 22, 23, 24]
@@ -47,7 +47,7 @@ def test_peak_cross_gap_is_centred_on_the_peak_plus_the_offset():
 
 
 def test_peak_cross_table_photon_ratio_and_error_reduction():
-    from bcdi_gapfill.evaluate import format_peak_cross_table, peak_cross_table
+    from bcdi_gapfill.validation.evaluate import format_peak_cross_table, peak_cross_table
     model = build_model({"filters": [4, 8, 8, 8], "final_filters": [4, 4, 4], "prefill_iterations": 10}).eval()
     table = peak_cross_table({"model": model}, n_arrays=1, n_scans=1, size=48, widths=(3,), offsets=(0, 8),
                              stride=16)
@@ -66,7 +66,7 @@ def test_peak_cross_table_photon_ratio_and_error_reduction():
 
 
 def test_run_evaluation_small(tmp_path, capsys):
-    from bcdi_gapfill.evaluate import run_evaluation
+    from bcdi_gapfill.validation.evaluate import run_evaluation
     summary = run_evaluation(tmp_path / "eval", n_portions=20, n_arrays=1, n_test_patterns=2, cache_dir=None,
                              array_widths=(3,), n_scans=0, n_peak_arrays=1, n_peak_scans=0, size=48, stride=16)
     assert set(summary["peak_position"]) == {"near_peak", "off_peak"}

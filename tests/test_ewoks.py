@@ -1,4 +1,4 @@
-"""bcdi_gapfill.ewoks_tasks: the bcdi stage as Ewoks tasks, run through one-node Ewoks graphs.
+"""bcdi_gapfill.integrations.ewoks: the bcdi stage as Ewoks tasks, run through one-node Ewoks graphs.
 
 Graphs are built as ESRF workflows write them (nodes with ``task_type: class`` and a
 ``task_identifier``), loaded with ``ewokscore.load_graph`` or from a JSON file, and run with
@@ -14,13 +14,13 @@ import ewokscore  # noqa: E402,F401  (a test extra: missing fails the suite)
 from ewokscore import execute_graph, load_graph  # noqa: E402
 from ewokscore.task_discovery import discover_tasks_from_modules  # noqa: E402
 
-from bcdi_gapfill.io import file_sha256  # noqa: E402
+from bcdi_gapfill.core.io import file_sha256  # noqa: E402
 
 SHAPE = (32, 64, 64)
 
 
 def _pair(seed=1, shape=SHAPE, cross=True):
-    from bcdi_gapfill.simulate import simulate_pattern
+    from bcdi_gapfill.core.simulate import simulate_pattern
     counts = simulate_pattern(shape, seed, peak_counts=1e5).counts.astype(np.float64)
     gap = np.zeros(shape, bool)
     gap[:, :, 36:39] = True
@@ -33,7 +33,7 @@ def _pair(seed=1, shape=SHAPE, cross=True):
 
 def _graph(task, inputs):
     return {"graph": {"id": "gapfill_one_node", "schema_version": "1.2"},
-            "nodes": [{"id": "gapfill", "task_type": "class", "task_identifier": f"bcdi_gapfill.ewoks_tasks.{task}",
+            "nodes": [{"id": "gapfill", "task_type": "class", "task_identifier": f"bcdi_gapfill.integrations.ewoks.{task}",
                        "default_inputs": [{"name": k, "value": v} for k, v in inputs.items()]}],
             "links": []}
 
@@ -97,20 +97,20 @@ def test_array_task_with_the_shipped_model():
     filled, new_mask, record = outputs["data"], outputs["mask"], outputs["record"]
     assert filled.dtype == np.float32 and np.array_equal(filled[~gap], data[~gap])
     assert np.isfinite(filled[gap]).all() and (filled[gap] >= 0).all() and not new_mask[gap].any()
-    from bcdi_gapfill.inpainting import default_model_info
+    from bcdi_gapfill.fill.inpainting import default_model_info
     assert record["method"] == "model" and record["weights_sha256"] == default_model_info()["sha256"]
     assert record["gap_voxels_filled"] == int(gap.sum())
 
 
 def test_tasks_are_discoverable():
-    found = {t["task_identifier"]: t for t in discover_tasks_from_modules("bcdi_gapfill.ewoks_tasks",
+    found = {t["task_identifier"]: t for t in discover_tasks_from_modules("bcdi_gapfill.integrations.ewoks",
                                                                          task_type="class")}
-    files = found["bcdi_gapfill.ewoks_tasks.GapFillTask"]
+    files = found["bcdi_gapfill.integrations.ewoks.GapFillTask"]
     assert files["required_input_names"] == ["data_path"]
     assert {"mask_path", "method", "detector", "out_dir"} <= set(files["optional_input_names"])
     assert {"data_path", "mask_path", "record_path", "voxels_filled"} <= set(files["output_names"])
-    assert found["bcdi_gapfill.ewoks_tasks.GapFillArraysTask"]["required_input_names"] == ["data"]
+    assert found["bcdi_gapfill.integrations.ewoks.GapFillArraysTask"]["required_input_names"] == ["data"]
     # through the package's "ewoks.tasks.class" entry point, as `ewoks discover` finds tasks
     from ewokscore.task_discovery import discover_all_tasks
     listed = {t["task_identifier"] for t in discover_all_tasks(task_type="class")}
-    assert {"bcdi_gapfill.ewoks_tasks.GapFillTask", "bcdi_gapfill.ewoks_tasks.GapFillArraysTask"} <= listed
+    assert {"bcdi_gapfill.integrations.ewoks.GapFillTask", "bcdi_gapfill.integrations.ewoks.GapFillArraysTask"} <= listed

@@ -1,4 +1,4 @@
-"""Fine-tuning on the measured array (bcdi_gapfill.finetune): tiny arrays, a few steps."""
+"""Fine-tuning on the measured array (bcdi_gapfill.nn.finetune): tiny arrays, a few steps."""
 import json
 import warnings
 
@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from bcdi_gapfill import finetune as ft
-from bcdi_gapfill.inpainting import DEFAULT_WEIGHTS, inpaint, load_model
-from bcdi_gapfill.io import file_sha256
+from bcdi_gapfill.nn import finetune as ft
+from bcdi_gapfill.fill.inpainting import DEFAULT_WEIGHTS, inpaint, load_model
+from bcdi_gapfill.core.io import file_sha256
 
 # (frames, rows, columns): the columns hold two 32-voxel halves (training, held-out), and a
 # 3-pixel vertical gap near their end leaves room for portions in both.
@@ -18,7 +18,7 @@ GAP_COLUMNS = slice(90, 93)
 
 @pytest.fixture(scope="module")
 def measured():
-    from bcdi_gapfill.simulate import simulate_pattern
+    from bcdi_gapfill.core.simulate import simulate_pattern
     pattern = simulate_pattern(SHAPE, 5, peak_counts=1e6)
     gap = np.zeros(SHAPE, bool)
     gap[:, :, GAP_COLUMNS] = True
@@ -80,7 +80,7 @@ def test_no_held_out_voxel_is_trained_on(measured, monkeypatch):
 
 def test_portions_with_counts_are_the_same_draws_plus_counts_and_scale(measured):
     """Same gaps, flips and swaps as without counts, plus the counts and the scale."""
-    from bcdi_gapfill.dataset import MIN_SCALE, GapPortionDataset
+    from bcdi_gapfill.nn.dataset import MIN_SCALE, GapPortionDataset
     data, gap = measured
     bank = ft._cut_portions(data, gap, 5, np.random.default_rng(0), -0.5)
     for options in ({"augment": True}, {"augment": False, "fixed": True}):
@@ -240,7 +240,7 @@ def test_bad_input_is_named(measured):
 
 
 def test_cli_finetune_then_inpaint_with_the_weights(measured, tmp_path, capsys):
-    from bcdi_gapfill.cli import main
+    from bcdi_gapfill.cli.commands import main
     data, gap = measured
     data_file, mask_file = tmp_path / "scan.npy", tmp_path / "scan_mask.npy"
     np.save(data_file, data)

@@ -1,4 +1,4 @@
-"""Tests of bcdi_gapfill.geometry: detector layouts against bcdi, masks, gap recovery."""
+"""Tests of bcdi_gapfill.core.geometry: detector layouts against bcdi, masks, gap recovery."""
 from __future__ import annotations
 
 import dataclasses
@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bcdi_gapfill import geometry
-from bcdi_gapfill.geometry import (
+from bcdi_gapfill.core import geometry
+from bcdi_gapfill.core.geometry import (
     DETECTORS,
     DetectorLayout,
     detector_gap_map,

@@ -3,9 +3,9 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
-from bcdi_gapfill.geometry import synthetic_gap_mask
-from bcdi_gapfill.inpainting import inpaint, load_model, plan_windows
-from bcdi_gapfill.model import build_model
+from bcdi_gapfill.core.geometry import synthetic_gap_mask
+from bcdi_gapfill.fill.inpainting import inpaint, load_model, plan_windows
+from bcdi_gapfill.nn.model import build_model
 
 SMALL = {"filters": [4, 8, 8, 8], "final_filters": [4, 4, 4], "prefill_iterations": 20}
 
@@ -94,7 +94,7 @@ def test_uncertainty_zero_where_a_single_prediction_covers():
 def test_global_prefill_is_the_whole_arrays_biharmonic_fill_when_the_correction_is_zero(small_pattern):
     """He init zeroes the residual head: the network returns its base, so in the gap the
     result is the log-biharmonic fill of the whole array (global) or of each window."""
-    from bcdi_gapfill.classical import fill_gap
+    from bcdi_gapfill.fill.classical import fill_gap
     model = build_model(SMALL).eval()
     data = small_pattern.counts
     gap = synthetic_gap_mask(data.shape, "cross", 9)
@@ -125,9 +125,9 @@ def test_fast_path_matches_plain_per_window_path(small_model, small_pattern, pre
     ``prefill="global"``: each window's base is the whole array's log-biharmonic fill,
     normalised as the window is; ``"window"``: the model computes its own prefill.
     """
-    from bcdi_gapfill.classical import fill_gap
-    from bcdi_gapfill.dataset import log_normalise
-    from bcdi_gapfill.inpainting import _taper
+    from bcdi_gapfill.fill.classical import fill_gap
+    from bcdi_gapfill.nn.dataset import log_normalise
+    from bcdi_gapfill.fill.inpainting import _taper
     data = small_pattern.counts
     gap = synthetic_gap_mask(data.shape, "cross", 6)
     fast = inpaint(data, gap, model=small_model, stride=16, batch_size=7, prefill=prefill)

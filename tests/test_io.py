@@ -1,4 +1,4 @@
-"""Tests of bcdi_gapfill.io: round trips, atomic writes, refusals and clear errors."""
+"""Tests of bcdi_gapfill.core.io: round trips, atomic writes, refusals and clear errors."""
 from __future__ import annotations
 
 import os
@@ -9,8 +9,8 @@ import h5py
 import numpy as np
 import pytest
 
-from bcdi_gapfill import io as bio
-from bcdi_gapfill.io import (
+from bcdi_gapfill.core import io as bio
+from bcdi_gapfill.core.io import (
     CXI_DATA_PATH,
     CXI_MASK_PATH,
     atomic_write_bytes,
@@ -241,7 +241,7 @@ def _fail_midway(target, *args, **kwargs):
     """Stand-in for a writer step: leaves partial output behind, then fails."""
     if hasattr(target, "write"):  # np.save / np.savez_compressed get the file handle
         target.write(b"partial output")
-    # _write_h5_attrs is called once the data dataset is already in the HDF5 file
+    # write_h5_attrs is called once the data dataset is already in the HDF5 file
     raise RuntimeError("disk full (simulated)")
 
 
@@ -250,8 +250,8 @@ def _fail_midway(target, *args, **kwargs):
     [
         (".npy", (np, "save")),
         (".npz", (np, "savez_compressed")),
-        (".h5", (bio, "_write_h5_attrs")),  # fails after the data dataset is written
-        (".cxi", (bio, "_write_h5_attrs")),
+        (".h5", (bio, "write_h5_attrs")),  # fails after the data dataset is written
+        (".cxi", (bio, "write_h5_attrs")),
     ],
 )
 @pytest.mark.parametrize("existing", [False, True])
@@ -364,7 +364,7 @@ def test_cxi_and_npz_output_are_read_by_bcdi(tmp_path, stack):
 
 
 def test_check_config_keys_names_each_unknown_key_with_a_hint():
-    from bcdi_gapfill.io import check_config_keys
+    from bcdi_gapfill.core.io import check_config_keys
     check_config_keys({"stride": 8}, ("stride", "batch_size"), "the gapfill section")  # known: no error
     with pytest.raises(ValueError, match=r"unknown keys in the gapfill section: 'strid' \(did you mean "
                                          r"'stride'\?\), 'zzz'; known: \['batch_size', 'stride'\]"):

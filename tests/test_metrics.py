@@ -6,7 +6,7 @@ import pytest
 import scipy.fft as sfft
 from scipy import ndimage
 
-from bcdi_gapfill import metrics as M
+from bcdi_gapfill.core import metrics as M
 
 
 def _grid(shape):
@@ -280,7 +280,7 @@ def test_real_space_report_detects_gap_artefacts():
 
 
 def test_poisson_deviance():
-    from bcdi_gapfill.metrics import poisson_deviance
+    from bcdi_gapfill.core.metrics import poisson_deviance
     counts = np.array([[[0.0, 1.0, 4.0, 10.0]]])
     mask = np.ones(counts.shape, bool)
     assert poisson_deviance(counts, counts, mask) == pytest.approx(0.0, abs=1e-5)   # the 1e-6 floor at c = 0
@@ -297,7 +297,7 @@ def test_poisson_deviance():
 
 
 def test_diffracted_intensity_is_the_unitary_centred_transform():
-    from bcdi_gapfill.metrics import diffracted_intensity
+    from bcdi_gapfill.core.metrics import diffracted_intensity
     obj = np.zeros((8, 8, 8), complex)
     obj[4, 4, 4] = 2.0                        # a point at the centre: a flat pattern
     intensity = diffracted_intensity(obj)

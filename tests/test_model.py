@@ -3,7 +3,7 @@ import pytest
 import torch
 from torch import nn
 
-from bcdi_gapfill.model import CONFIGS, PatchUNet, UNetConfig, _SpaceToBatchConv3d, build_model, receptive_field
+from bcdi_gapfill.nn.model import CONFIGS, PatchUNet, UNetConfig, _SpaceToBatchConv3d, build_model, receptive_field
 
 SMALL = {"filters": [4, 8, 8, 8], "final_filters": [4, 4, 4], "prefill_iterations": 20}
 

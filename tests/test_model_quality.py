@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 
 from bcdi_gapfill import inpaint, simulate_pattern
-from bcdi_gapfill.evaluate import whole_array_gap
-from bcdi_gapfill.metrics import pcc_gap
+from bcdi_gapfill.validation.evaluate import whole_array_gap
+from bcdi_gapfill.core.metrics import pcc_gap
 
 SEEDS = range(310_000, 310_006)
 WIDTHS = (3, 6, 9, 12)

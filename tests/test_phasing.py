@@ -9,8 +9,8 @@ import pytest
 import torch
 from scipy import ndimage
 
-from bcdi_gapfill import metrics as M
-from bcdi_gapfill import phasing as P
+from bcdi_gapfill.core import metrics as M
+from bcdi_gapfill.phasing import engine as P
 
 
 def _particle(n=32, scale=30.0):

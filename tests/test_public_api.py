@@ -39,7 +39,7 @@ def test_no_module_is_named_like_an_exported_name():
 @pytest.mark.parametrize("first", ["nothing", "every submodule"])
 def test_exported_names_are_functions_with_both_import_styles(tmp_path, first):
     # "every submodule": the state of a pipeline that imported the package's modules itself
-    # (``import bcdi_gapfill.inpainting`` binds ``inpainting`` on the package, never ``inpaint``).
+    # (``import bcdi_gapfill.fill.inpainting`` binds ``inpainting`` on the package, never ``inpaint``).
     out = _python(f"""
         import importlib, inspect, json, pkgutil
         import bcdi_gapfill

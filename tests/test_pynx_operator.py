@@ -1,4 +1,4 @@
-"""bcdi_gapfill.pynx against the real PyNX (2022.1 CPU build here): operator algebra, the
+"""bcdi_gapfill.integrations.pynx against the real PyNX (2022.1 CPU build here): operator algebra, the
 mask encoding of PyNX's iobs, and the PyNX input writer.
 
 Arrays are 64^3 with a 4-pixel cross gap; inpainting uses the biharmonic fill (the shipped
@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import torch
 
-from bcdi_gapfill.geometry import synthetic_gap_mask
-from bcdi_gapfill.inpainting import inpaint
-from bcdi_gapfill.pynx import PYNX_MASKED, decode_estimates, encode_estimates, write_pynx_input
+from bcdi_gapfill.core.geometry import synthetic_gap_mask
+from bcdi_gapfill.fill.inpainting import inpaint
+from bcdi_gapfill.integrations.pynx import PYNX_MASKED, decode_estimates, encode_estimates, write_pynx_input
 
 pytestmark = pytest.mark.pynx
 
@@ -30,7 +30,7 @@ def _pynx():
 @pytest.fixture(scope="module")
 def scene():
     """Counts (centred frame), the gap, other masked voxels (hot pixels, an alien)."""
-    from bcdi_gapfill.simulate import simulate_pattern
+    from bcdi_gapfill.core.simulate import simulate_pattern
     counts = simulate_pattern(SHAPE, 5, peak_counts=1e5).counts.astype(np.float32)
     gap = synthetic_gap_mask(SHAPE, "cross", 4, position=34, position2=34)
     other = np.zeros(SHAPE, bool)
@@ -59,8 +59,8 @@ def _expected_fill(iobs_zeroed, gap, method="biharmonic"):
 def test_import_bcdi_gapfill_does_not_import_pynx():
     code = textwrap.dedent("""
         import sys
-        import bcdi_gapfill, bcdi_gapfill.bcdi_stage, bcdi_gapfill.pynx
-        from bcdi_gapfill.pynx import write_pynx_input, encode_estimates
+        import bcdi_gapfill, bcdi_gapfill.integrations.bcdi, bcdi_gapfill.integrations.pynx
+        from bcdi_gapfill.integrations.pynx import write_pynx_input, encode_estimates
         loaded = [m for m in sys.modules if m == "pynx" or m.startswith("pynx.")]
         assert not loaded, loaded
         print("ok")
@@ -76,7 +76,7 @@ def test_clear_import_error_without_pynx():
         import sys
         sys.modules["pynx"] = None
         try:
-            from bcdi_gapfill.pynx import InpaintGaps
+            from bcdi_gapfill.integrations.pynx import InpaintGaps
         except ImportError as exc:
             print("ImportError:", exc)
         else:
@@ -108,7 +108,7 @@ def test_accessors_shift_consistent(scene):
 
 def test_replace_mode(scene):
     pc = _pynx()
-    from bcdi_gapfill.pynx import InpaintGaps
+    from bcdi_gapfill.integrations.pynx import InpaintGaps
     counts, gap, other = scene
     cdi, iobs = _make_cdi(scene)
     before = cdi.get_iobs(shift=True).copy()
@@ -145,7 +145,7 @@ def test_replace_mode(scene):
 
 def test_estimate_mode(scene):
     _pynx()  # skips first: InpaintGaps itself needs PyNX
-    from bcdi_gapfill.pynx import InpaintGaps
+    from bcdi_gapfill.integrations.pynx import InpaintGaps
     counts, gap, other = scene
     cdi, iobs = _make_cdi(scene)
     before = cdi.get_iobs(shift=True).copy()
@@ -167,7 +167,7 @@ def test_estimate_mode(scene):
 
 def test_operator_algebra_chain_runs(scene):
     pc = _pynx()
-    from bcdi_gapfill.pynx import InpaintGaps
+    from bcdi_gapfill.integrations.pynx import InpaintGaps
     counts, gap, other = scene
     cdi, _ = _make_cdi(scene)
     chain = pc.ER() ** 3 * pc.HIO() ** 4 * InpaintGaps(method="biharmonic")
@@ -188,7 +188,7 @@ def test_operator_algebra_chain_runs(scene):
 
 def test_explicit_gap_mask_fills_only_masked_voxels(scene):
     _pynx()  # skips first: InpaintGaps itself needs PyNX
-    from bcdi_gapfill.pynx import InpaintGaps
+    from bcdi_gapfill.integrations.pynx import InpaintGaps
     counts, gap, other = scene
     cdi, _ = _make_cdi(scene, free=False)
     before = cdi.get_iobs(shift=True).copy()
@@ -209,8 +209,8 @@ def test_explicit_gap_mask_fills_only_masked_voxels(scene):
 
 def test_uncertainty_threshold_leaves_uncertain_voxels_masked(scene):
     _pynx()  # skips first: InpaintGaps itself needs PyNX
-    from bcdi_gapfill.model import build_model
-    from bcdi_gapfill.pynx import InpaintGaps
+    from bcdi_gapfill.nn.model import build_model
+    from bcdi_gapfill.integrations.pynx import InpaintGaps
     counts, gap, other = scene
     model = build_model({"filters": [4, 8, 8, 8], "final_filters": [4, 4, 4], "prefill_iterations": 20}).eval()
     # He init zeroes the residual head, so every window would return the same whole-array
@@ -233,7 +233,7 @@ def test_uncertainty_threshold_leaves_uncertain_voxels_masked(scene):
 
 def test_constructor_validation():
     _pynx()
-    from bcdi_gapfill.pynx import InpaintGaps
+    from bcdi_gapfill.integrations.pynx import InpaintGaps
     with pytest.raises(ValueError, match="mode"):
         InpaintGaps(mode="nope")
     with pytest.raises(ValueError, match="method"):

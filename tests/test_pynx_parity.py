@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from bcdi_gapfill import metrics as M
-from bcdi_gapfill import phasing as P
-from bcdi_gapfill.simulate import simulate_pattern
+from bcdi_gapfill.core import metrics as M
+from bcdi_gapfill.phasing import engine as P
+from bcdi_gapfill.core.simulate import simulate_pattern
 
 pytest.importorskip("pynx.cdi", reason="ESRF PyNX not installed (see shared/third_party/README.md)")
 from pynx.cdi import CDI  # noqa: E402

@@ -1,4 +1,4 @@
-"""The READMEs are tested code: every Python block and every shell command a user can run on
+"""The READMEs and the user guide are tested code: every Python block and every shell command a user can run on
 simulated data runs here, the way a user runs it (a fresh interpreter, the installed
 ``bcdi-gapfill`` console script, the current directory holding the files the text names).
 
@@ -37,7 +37,8 @@ import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-READMES = [ROOT / "README.md", ROOT / "workflows" / "README.md"]
+# The documents whose code is tested, in the order a reader meets them.
+READMES = [ROOT / "README.md", ROOT / "docs" / "user-guide.md", ROOT / "workflows" / "README.md"]
 TIMEOUT = 900
 
 PYTHON_SUBSTITUTIONS = {
@@ -57,7 +58,7 @@ from pathlib import Path
 import matplotlib
 matplotlib.use("Agg")
 from cdiutils.pipeline import BcdiPipeline
-from bcdi_gapfill.scans import simulate_cdiutils_scan, write_id01_master_file
+from bcdi_gapfill.validation.scans import simulate_cdiutils_scan, write_id01_master_file
 _params = write_id01_master_file(simulate_cdiutils_scan(3, (32, 64, 64), full_detector=True), "sim.h5")
 pipeline = BcdiPipeline({**_params, "dump_dir": str(Path("S1").resolve()), "preprocess_shape": (32, 64, 64),
                          "voxel_reference_methods": ["max"], "show": False})
@@ -144,8 +145,8 @@ def _substitute_once(text: str, substitutions: dict[str, str], where: str) -> st
 
 def _user_files(directory: Path) -> list[Path]:
     """The files the READMEs read, as small simulated scans in the formats the text names."""
-    from bcdi_gapfill import io
-    from bcdi_gapfill.pipeline import simulate_bcdi_pair
+    from bcdi_gapfill.core import io
+    from bcdi_gapfill.workflow.pipeline import simulate_bcdi_pair
 
     pair = simulate_bcdi_pair(directory, scan=1234, seed=5, size=(32, 96, 96), peak_counts=1e6)
     names = {"S1234_pynx_align-q-y_norm_256_300_300_1_1_1.npz": pair.data_path,
@@ -186,21 +187,21 @@ def workdir(tmp_path):
 # ----------------------------------------------------------------------------- tests
 
 def test_readme_python_blocks_run_in_order(workdir):
-    for readme in READMES:
-        blocks = code_blocks(readme, ("python",))
-        if not blocks:
-            continue
-        text = "\n".join(f"# --- {readme.name}:{line}\n{block}" for line, block in blocks)
-        script = PREAMBLE + _substitute_once(text, PYTHON_SUBSTITUTIONS, readme.name)
-        (workdir / f"{readme.parent.name}_blocks.py").write_text(script)
-        proc = subprocess.run([sys.executable, f"{readme.parent.name}_blocks.py"], cwd=workdir, env=_env(),
-                              capture_output=True, text=True, timeout=TIMEOUT)
-        assert proc.returncode == 0, f"{readme}: a Python block failed\n{proc.stdout}\n{proc.stderr[-6000:]}"
-        # What the blocks say they make.
-        assert (workdir / "S1234_pynx_finetuned.pt").is_file()
-        assert (workdir / "calib" / "calibration.json").is_file()
-        assert (workdir / "S1" / "pynx_phasing_gapfilled").is_dir()
-        assert "held-out" in proc.stdout   # result.summary()
+    """Every Python block of the documents, in reading order, in one interpreter (the guide's
+    blocks use what the README's quick start made, as a reader's session would)."""
+    sections = [f"# --- {readme.relative_to(ROOT)}:{line}\n{block}"
+                for readme in READMES for line, block in code_blocks(readme, ("python",))]
+    assert sections, "no Python blocks found: the parser broke"
+    script = PREAMBLE + _substitute_once("\n".join(sections), PYTHON_SUBSTITUTIONS, "the documents")
+    (workdir / "documents_blocks.py").write_text(script)
+    proc = subprocess.run([sys.executable, "documents_blocks.py"], cwd=workdir, env=_env(),
+                          capture_output=True, text=True, timeout=TIMEOUT)
+    assert proc.returncode == 0, f"a Python block failed\n{proc.stdout}\n{proc.stderr[-6000:]}"
+    # What the blocks say they make.
+    assert (workdir / "S1234_pynx_finetuned.pt").is_file()
+    assert (workdir / "calib" / "calibration.json").is_file()
+    assert (workdir / "S1" / "pynx_phasing_gapfilled").is_dir()
+    assert "held-out" in proc.stdout   # result.summary()
 
 
 def test_every_readme_shell_command_runs_or_says_where():

@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 import scipy.fft as sfft
 
-from bcdi_gapfill.classical import fill_gap
-from bcdi_gapfill.geometry import synthetic_gap_mask
-from bcdi_gapfill.refine import autocorrelation_support, band_limit_residual, refine_band_limited
+from bcdi_gapfill.fill.classical import fill_gap
+from bcdi_gapfill.core.geometry import synthetic_gap_mask
+from bcdi_gapfill.fill.refine import autocorrelation_support, band_limit_residual, refine_band_limited
 
 N = 32
 
@@ -185,8 +185,8 @@ def test_autocorrelation_support_bad_arguments():
 def test_refinement_table_and_markdown():
     import torch
 
-    from bcdi_gapfill.model import build_model
-    from bcdi_gapfill.refine import REFINE_METHODS, refinement_markdown, refinement_table
+    from bcdi_gapfill.nn.model import build_model
+    from bcdi_gapfill.fill.refine import REFINE_METHODS, refinement_markdown, refinement_table
 
     torch.manual_seed(0)
     net = build_model({"filters": [4, 8, 8, 8], "final_filters": [4, 4, 4], "prefill_iterations": 20}).eval()

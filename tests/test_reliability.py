@@ -27,12 +27,12 @@ import pytest
 import torch
 from hypothesis import HealthCheck, assume, given, settings, strategies as st
 
-from bcdi_gapfill import io as gio
-from bcdi_gapfill.bcdi_stage import fill_bcdi_arrays
-from bcdi_gapfill.classical import fill_gap
-from bcdi_gapfill.cli import main
-from bcdi_gapfill.inpainting import estimate_memory, inpaint
-from bcdi_gapfill.model import build_model
+from bcdi_gapfill.core import io as gio
+from bcdi_gapfill.integrations.bcdi import fill_bcdi_arrays
+from bcdi_gapfill.fill.classical import fill_gap
+from bcdi_gapfill.cli.commands import main
+from bcdi_gapfill.fill.inpainting import estimate_memory, inpaint
+from bcdi_gapfill.nn.model import build_model
 
 SMALL = {"filters": [4, 8, 8, 8], "final_filters": [4, 4, 4], "prefill_iterations": 20}
 F32_MAX = np.finfo(np.float32).max
@@ -329,7 +329,7 @@ def test_fill_bcdi_arrays_reads_bad_values_as_zero_and_keeps_them():
     ({"gap_offset": 1.5}, TypeError, r"gap_offset.*1\.5"),
 ])
 def test_validate_bad_input(kwargs, exc, match):
-    from bcdi_gapfill.validation import validate
+    from bcdi_gapfill.validation.core import validate
     args = {"obj": np.pad(np.ones((4, 4, 4), complex), 6), "methods": ["zero_fill"], "progress": False,
             **kwargs}
     with pytest.raises(exc, match=match):
@@ -341,7 +341,7 @@ def test_validate_bad_input(kwargs, exc, match):
 @pytest.mark.pynx
 def test_pynx_operator_bad_input():
     pc = pytest.importorskip("pynx.cdi", reason="PyNX (pynx.cdi) is not installed")
-    from bcdi_gapfill.pynx import InpaintGaps
+    from bcdi_gapfill.integrations.pynx import InpaintGaps
     for kwargs, exc, match in [
         ({"method": "cnn"}, ValueError, r"unknown method 'cnn'"),
         ({"mode": "guess"}, ValueError, r"unknown mode 'guess'"),
@@ -578,14 +578,14 @@ TRAIN_MODEL = {"filters": [4, 8, 8, 8], "final_filters": [4, 4, 4], "prefill": "
 
 
 def test_training_killed_with_sigkill_resumes(tmp_path, tiny_bank, capsys):
-    from bcdi_gapfill.train import TrainConfig, train
+    from bcdi_gapfill.nn.train import TrainConfig, train
 
     bank = tmp_path / "bank.h5"
     tiny_bank.save(bank)
     base = dict(out_dir=str(tmp_path / "run"), model=TRAIN_MODEL, train_data=[str(bank)], batch_size=4,
                 epochs=1000, checkpoint_every=2, cache_dir=None, num_threads=1, widths=[6],
                 cross_probability=0.0)
-    code = ("import json, sys\nfrom bcdi_gapfill.train import TrainConfig, train\n"
+    code = ("import json, sys\nfrom bcdi_gapfill.nn.train import TrainConfig, train\n"
             "train(TrainConfig(**json.loads(sys.argv[1])), progress=False)\n")
     log = open(tmp_path / "train.log", "wb")
     proc = subprocess.Popen([sys.executable, "-c", code, json.dumps({**base, "max_steps": 100_000})],
@@ -621,7 +621,7 @@ def test_training_killed_with_sigkill_resumes(tmp_path, tiny_bank, capsys):
 
 
 def test_checkpoint_write_failure_keeps_the_previous_one(tmp_path, monkeypatch):
-    from bcdi_gapfill.train import _atomic_torch_save
+    from bcdi_gapfill.nn.train import _atomic_torch_save
 
     path = tmp_path / "checkpoint.pt"
     _atomic_torch_save({"state": {"step": 4}}, path)
@@ -684,7 +684,7 @@ def _assert_same_fill(out, ref, gap):
 def test_inpaint_identical_across_batch_sizes(net, scene):
     """Batch size is a speed setting only: the same windows give the same fill in any batching
     (and so when the memory check shrinks the batch)."""
-    from bcdi_gapfill.inpainting import plan_windows
+    from bcdi_gapfill.fill.inpainting import plan_windows
     data, gap = scene()
     n_windows = len(plan_windows(gap, 32, 8))
     assert n_windows >= 6
@@ -710,7 +710,7 @@ def test_estimate_memory_grows_with_the_job():
 
 
 def test_memory_check_names_the_global_fill(monkeypatch):
-    import bcdi_gapfill.inpainting as inp
+    import bcdi_gapfill.fill.inpainting as inp
 
     data, gap = _band_scene()
 
@@ -723,7 +723,7 @@ def test_memory_check_names_the_global_fill(monkeypatch):
 
 
 def test_memory_check_refuses_before_allocating(monkeypatch, tmp_path):
-    import bcdi_gapfill.inpainting as inp
+    import bcdi_gapfill.fill.inpainting as inp
 
     monkeypatch.setattr(inp, "_available_memory", lambda: 2 ** 20)  # a 1 MiB machine
     data, gap = _band_scene()
@@ -749,7 +749,7 @@ def test_memory_check_shrinks_the_batch(net):
 
 
 def test_memory_error_at_the_cli(monkeypatch, cli_files, weights_file, capsys):
-    import bcdi_gapfill.inpainting as inp
+    import bcdi_gapfill.fill.inpainting as inp
 
     monkeypatch.setattr(inp, "_available_memory", lambda: 2 ** 20)
     out = cli_files / "mem.npz"
@@ -763,7 +763,7 @@ def test_memory_error_at_the_cli(monkeypatch, cli_files, weights_file, capsys):
 
 def _forward_with_memory_of(limit, error):
     """PatchUNet.forward that fails as an out-of-memory device would for batches above ``limit``."""
-    from bcdi_gapfill.model import PatchUNet
+    from bcdi_gapfill.nn.model import PatchUNet
 
     forward = PatchUNet.forward
     seen = []
@@ -783,7 +783,7 @@ def _forward_with_memory_of(limit, error):
 ], ids=["OutOfMemoryError", "RuntimeError"])
 def test_out_of_memory_halves_the_batch_and_keeps_the_fill(net, monkeypatch, error):
     """A batch that does not fit is halved and its windows retried; the result is the same fill."""
-    from bcdi_gapfill.model import PatchUNet
+    from bcdi_gapfill.nn.model import PatchUNet
     data, gap = _cross_scene()
     before = data.copy()
     ref = inpaint(data, gap, model=net, device="cpu", batch_size=8, flips=True)
@@ -801,7 +801,7 @@ def test_out_of_memory_halves_the_batch_and_keeps_the_fill(net, monkeypatch, err
 
 
 def test_out_of_memory_with_one_window_is_a_clear_memory_error(net, monkeypatch):
-    from bcdi_gapfill.model import PatchUNet
+    from bcdi_gapfill.nn.model import PatchUNet
     data, gap = _band_scene()
     limited, _ = _forward_with_memory_of(0, torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)"))
     monkeypatch.setattr(PatchUNet, "forward", limited)
@@ -812,7 +812,7 @@ def test_out_of_memory_with_one_window_is_a_clear_memory_error(net, monkeypatch)
 
 
 def test_other_runtime_errors_are_not_taken_for_out_of_memory(net, monkeypatch):
-    from bcdi_gapfill.model import PatchUNet
+    from bcdi_gapfill.nn.model import PatchUNet
     data, gap = _band_scene()
     limited, seen = _forward_with_memory_of(0, RuntimeError("cuDNN error: CUDNN_STATUS_NOT_SUPPORTED"))
     monkeypatch.setattr(PatchUNet, "forward", limited)
@@ -822,7 +822,7 @@ def test_other_runtime_errors_are_not_taken_for_out_of_memory(net, monkeypatch):
 
 
 def test_cli_records_the_batch_size_used(monkeypatch, tmp_path, weights_file, capsys):
-    from bcdi_gapfill.model import PatchUNet
+    from bcdi_gapfill.nn.model import PatchUNet
     data, gap = _band_scene()
     source = tmp_path / "band.npz"
     gio.save_array(source, data, mask=gap.astype(np.int8))
@@ -843,7 +843,7 @@ def test_cli_records_the_batch_size_used(monkeypatch, tmp_path, weights_file, ca
 # ------------------------------------------------ the gap-width limit of a loaded model object
 
 def test_model_object_from_load_model_keeps_the_card_limit(tmp_path, net):
-    from bcdi_gapfill.inpainting import load_model
+    from bcdi_gapfill.fill.inpainting import load_model
     path = tmp_path / "carded.pt"
     torch.save({"config": net.config.to_dict(), "state_dict": net.state_dict()}, path)
     path.with_suffix(".json").write_text(json.dumps({"sha256": gio.file_sha256(path), "max_gap_width": 6}))
@@ -861,7 +861,7 @@ def test_model_object_from_load_model_keeps_the_card_limit(tmp_path, net):
 
 
 def test_shipped_model_object_keeps_the_card_limit():
-    from bcdi_gapfill.inpainting import DEFAULT_WEIGHTS, load_model
+    from bcdi_gapfill.fill.inpainting import DEFAULT_WEIGHTS, load_model
     card = json.loads(DEFAULT_WEIGHTS.with_suffix(".json").read_text())
     width = card["max_gap_width"] + 2
     data = _ones(shape=(40, 40, 40))
@@ -890,7 +890,7 @@ def _raiser(exc):
     (MemoryError("Unable to allocate 12.0 GiB"), r"Unable to allocate 12\.0 GiB"),
 ])
 def test_cli_reports_file_import_and_memory_errors(monkeypatch, capsys, exc, match):
-    import bcdi_gapfill.cli as cli
+    import bcdi_gapfill.cli.commands as cli
     monkeypatch.setattr(cli, "_cmd_demo", _raiser(exc))
     assert main(["demo"]) == 2
     err = capsys.readouterr().err
@@ -899,9 +899,9 @@ def test_cli_reports_file_import_and_memory_errors(monkeypatch, capsys, exc, mat
 
 
 def test_cli_reports_the_package_errors(monkeypatch, capsys):
-    import bcdi_gapfill.cli as cli
-    from bcdi_gapfill.inpainting import InsufficientMemoryError
-    from bcdi_gapfill.phasing import SupportError
+    import bcdi_gapfill.cli.commands as cli
+    from bcdi_gapfill.fill.inpainting import InsufficientMemoryError
+    from bcdi_gapfill.phasing.engine import SupportError
     for exc in (SupportError("every start lost its support; try a lower shrink-wrap threshold"),
                 InsufficientMemoryError("needs about 12 GiB")):
         monkeypatch.setattr(cli, "_cmd_validate", _raiser(exc))
@@ -911,7 +911,7 @@ def test_cli_reports_the_package_errors(monkeypatch, capsys):
 
 
 def test_cli_keeps_the_traceback_of_a_bug(monkeypatch):
-    import bcdi_gapfill.cli as cli
+    import bcdi_gapfill.cli.commands as cli
     monkeypatch.setattr(cli, "_cmd_demo", _raiser(KeyError("a bug")))
     with pytest.raises(KeyError):
         main(["demo"])

@@ -1,4 +1,4 @@
-"""The per-scan self-check (`bcdi_gapfill.selfcheck.assess`, `bcdi-gapfill assess`): hidden
+"""The per-scan self-check (`bcdi_gapfill.validation.selfcheck.assess`, `bcdi-gapfill assess`): hidden
 bands of measured voxels, the scores, and the two cases it must get right: free pixels where
 the oversampling constrains a narrow gap and the fill is wrong, a fill where a 12-px cross hides
 the peak's central lobe at oversampling 3 and free pixels leave it unconstrained. Small crystals (48^3) and a short algorithm keep it to seconds."""
@@ -9,11 +9,11 @@ import json
 import numpy as np
 import pytest
 
-from bcdi_gapfill import io
-from bcdi_gapfill.geometry import synthetic_gap_mask
-from bcdi_gapfill.model import build_model
-from bcdi_gapfill.selfcheck import BAND_MARGIN, assess, format_assessment, hidden_bands
-from bcdi_gapfill.simulate import simulate_pattern
+from bcdi_gapfill.core import io
+from bcdi_gapfill.core.geometry import synthetic_gap_mask
+from bcdi_gapfill.nn.model import build_model
+from bcdi_gapfill.validation.selfcheck import BAND_MARGIN, assess, format_assessment, hidden_bands
+from bcdi_gapfill.core.simulate import simulate_pattern
 
 FAST = "ER**50 * (Sup * HIO**20)**5"
 
@@ -103,7 +103,7 @@ def test_bad_input():
 
 
 def test_cli_assess_writes_json_and_keeps_the_input(tmp_path, capsys, monkeypatch):
-    from bcdi_gapfill.cli import main
+    from bcdi_gapfill.cli.commands import main
     counts = _crystal(1, 4.0)
     mask = synthetic_gap_mask(counts.shape, "cross", 3, position=26, position2=26).astype(np.int8)
     mask[:, 5, 7] = 1                                  # a hot pixel: never hidden, never scored
@@ -114,7 +114,7 @@ def test_cli_assess_writes_json_and_keeps_the_input(tmp_path, capsys, monkeypatc
     out = tmp_path / "assess.json"
     argv = ["assess", str(data_path), "--mask", str(mask_path), "--treatments", "free_pixels,zero_fill",
             "--starts", "1", "--bands", "1", "-o", str(out)]
-    import bcdi_gapfill.phasing as P
+    import bcdi_gapfill.phasing.engine as P
     monkeypatch.setattr(P, "DEFAULT_ALGORITHM", FAST)      # the CLI runs the default algorithm
     assert main(argv) == 0
     assert main(argv) == 2                                  # an existing output is refused
@@ -130,7 +130,7 @@ def test_cli_assess_writes_json_and_keeps_the_input(tmp_path, capsys, monkeypatc
 def test_what_each_run_is_given(monkeypatch, hidden):
     """R-free's rule by default: the band's counts are withheld and the band is free in every run,
     the treatment applies to the gap only; "treated" applies it to gap and band alike."""
-    import bcdi_gapfill.phasing as P
+    import bcdi_gapfill.phasing.engine as P
     counts = _crystal(1, 4.0)
     gap = synthetic_gap_mask(counts.shape, "cross", 3, position=26, position2=26)
     seen = []

@@ -1,4 +1,4 @@
-"""Physics tests of the BCDI pattern simulator (bcdi_gapfill.simulate).
+"""Physics tests of the BCDI pattern simulator (bcdi_gapfill.core.simulate).
 
 Each test checks a property the simulated measurement must have (Friedel symmetry of a
 real object, autocorrelation support, Poisson statistics, oversampling, shapes, the
@@ -15,8 +15,8 @@ import pytest
 import scipy.fft as sfft
 from scipy import ndimage
 
-from bcdi_gapfill.io import load_array, load_metadata
-from bcdi_gapfill.simulate import (
+from bcdi_gapfill.core.io import load_array, load_metadata
+from bcdi_gapfill.core.simulate import (
     PHASES,
     SHAPES,
     SimulatedPattern,

@@ -5,8 +5,8 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from bcdi_gapfill.dataset import GapPortionDataset
-from bcdi_gapfill.train import TrainConfig, evaluate_loss, export_weights, gap_loss, load_train_config, train
+from bcdi_gapfill.nn.dataset import GapPortionDataset
+from bcdi_gapfill.nn.train import TrainConfig, evaluate_loss, export_weights, gap_loss, load_train_config, train
 
 TINY = {"filters": [4, 8, 8, 8], "final_filters": [4, 4, 4], "prefill": "zero", "head": "sigmoid"}
 
@@ -34,15 +34,15 @@ def test_short_training_lowers_the_loss(tmp_path, tiny_bank):
                       widths=[6], cross_probability=0.0)
     loader = DataLoader(GapPortionDataset(tiny_bank, (6,), cross_probability=0.0, augment=False, fixed=True),
                         batch_size=8)
-    from bcdi_gapfill.model import build_model
+    from bcdi_gapfill.nn.model import build_model
     torch.manual_seed(cfg.seed)
     before = evaluate_loss(build_model(TINY), loader, cfg, torch.device("cpu"))["loss"]
     metrics = train(cfg, progress=False)
     assert metrics["step"] == 40
     after = torch.load(tmp_path / "run" / "best.pt", weights_only=False)
-    from bcdi_gapfill.model import PatchUNet
+    from bcdi_gapfill.nn.model import PatchUNet
     model = PatchUNet(after["config"] if isinstance(after["config"], str) else
-                      __import__("bcdi_gapfill.model", fromlist=["UNetConfig"]).UNetConfig(**after["config"]))
+                      __import__("bcdi_gapfill.nn.model", fromlist=["UNetConfig"]).UNetConfig(**after["config"]))
     model.load_state_dict(after["state_dict"])
     assert evaluate_loss(model, loader, cfg, torch.device("cpu"))["loss"] < before
     rows = list(csv.DictReader(open(tmp_path / "run" / "metrics.csv")))
@@ -65,7 +65,7 @@ def test_export_weights_writes_card_with_hash(tmp_path, tiny_bank):
     train(TrainConfig(out_dir=str(tmp_path / "run"), model=TINY, train_data=[bank], batch_size=4, epochs=1,
                       max_steps=2, cache_dir=None), progress=False)
     card = export_weights(tmp_path / "run" / "checkpoint.pt", tmp_path / "w.pt", {"max_gap_width": 12})
-    from bcdi_gapfill.inpainting import load_model
+    from bcdi_gapfill.fill.inpainting import load_model
     model, info = load_model(tmp_path / "w.pt")
     assert info["sha256"] == card["sha256"] and info["max_gap_width"] == 12
     # A weights file changed after its card was written is refused.
@@ -85,8 +85,8 @@ def test_config_unknown_key(tmp_path):
 
 
 def test_signal_subset_keeps_signal_portions_and_a_share_of_noise(tiny_bank, capsys):
-    from bcdi_gapfill.dataset import signal_pcc
-    from bcdi_gapfill.train import _signal_subset
+    from bcdi_gapfill.nn.dataset import signal_pcc
+    from bcdi_gapfill.nn.train import _signal_subset
     pcc = signal_pcc(tiny_bank)
     assert pcc.shape == (len(tiny_bank),) and np.all(np.abs(pcc) <= 1 + 1e-9)
     threshold = float(np.median(pcc))
@@ -100,7 +100,7 @@ def test_signal_subset_keeps_signal_portions_and_a_share_of_noise(tiny_bank, cap
 
 def test_prefill_computed_by_the_dataset_matches_the_model(tiny_bank):
     from functools import partial
-    from bcdi_gapfill.model import build_model, compute_prefill
+    from bcdi_gapfill.nn.model import build_model, compute_prefill
     model = build_model({"filters": [4, 8, 8, 8], "final_filters": [4, 4, 4], "prefill_iterations": 20}).eval()
     data = GapPortionDataset(tiny_bank, (6,), augment=False, fixed=True,
                              prefill=partial(compute_prefill, config=model.config))
@@ -131,7 +131,7 @@ def test_near_peak_portions_join_the_training_bank(tmp_path, tiny_bank, capsys):
 
 
 def test_photon_loss_is_the_log_photon_ratio_in_the_gap():
-    from bcdi_gapfill.train import photon_loss
+    from bcdi_gapfill.nn.train import photon_loss
     gap = torch.zeros((2, 1, 4, 4, 4), dtype=torch.bool)
     gap[:, :, :, :, 1:3] = True
     scale = torch.tensor([2.0, 3.0])
@@ -166,11 +166,12 @@ def test_peak_centred_portions_photon_loss_and_epoch_weights(tmp_path, tiny_bank
               progress=False)
 
 
-@pytest.mark.parametrize("name", ["train_default", "train_paper", "train_peak_finetune", "train_peak_aware"])
+@pytest.mark.parametrize("name", ["train_default", "train_paper", "train_peak_finetune", "train_peak_aware",
+                                  "train_peak_aware_w48"])
 def test_shipped_training_recipes_load(name):
     from pathlib import Path
 
-    from bcdi_gapfill.model import CONFIGS, UNetConfig, build_model
+    from bcdi_gapfill.nn.model import CONFIGS, UNetConfig, build_model
     cfg = load_train_config(Path(__file__).resolve().parents[1] / "workflows" / f"{name}.yml")
     model_cfg = CONFIGS[cfg.model] if isinstance(cfg.model, str) else UNetConfig(**cfg.model)
     assert build_model(model_cfg) is not None and cfg.simulate_train > 0
@@ -179,7 +180,7 @@ def test_shipped_training_recipes_load(name):
 
 
 def test_logit_penalty_is_zero_inside_the_bound_and_pulls_back_outside():
-    from bcdi_gapfill.train import logit_penalty
+    from bcdi_gapfill.nn.train import logit_penalty
     inside = torch.tensor([-3.9, 0.0, 2.0, 3.9])
     assert float(logit_penalty(inside, 4.0)) == 0.0
     outside = torch.tensor([-6.0, 0.0, 5.0, 0.0], requires_grad=True)
@@ -193,7 +194,7 @@ def test_logit_penalty_is_zero_inside_the_bound_and_pulls_back_outside():
 def _sigmoid_training(tmp_path, tiny_bank, name, **extra):
     """TINY sigmoid model, Adam at a learning rate that makes its output run away; returns the
     head's logits on the training portions afterwards."""
-    from bcdi_gapfill.model import PatchUNet, UNetConfig
+    from bcdi_gapfill.nn.model import PatchUNet, UNetConfig
     bank = _bank_file(tmp_path, tiny_bank)
     cfg = TrainConfig(out_dir=str(tmp_path / name), model=TINY, train_data=[bank], batch_size=4, epochs=40,
                       max_steps=20, lr=1e-2, checkpoint_every=1000, cache_dir=None, widths=[6], **extra)
@@ -219,8 +220,8 @@ def test_logit_penalty_keeps_a_sigmoid_head_out_of_saturation(tmp_path, tiny_ban
 
 
 def test_initial_output_sets_the_sigmoid_head_bias(tmp_path, tiny_bank):
-    from bcdi_gapfill.model import build_model
-    from bcdi_gapfill.train import _set_initial_output
+    from bcdi_gapfill.nn.model import build_model
+    from bcdi_gapfill.nn.train import _set_initial_output
     model = build_model(TINY)
     _set_initial_output(model, 0.05)
     features = torch.zeros(1, model.head.in_channels, 1, 1, 1)

@@ -15,14 +15,14 @@ import tempfile
 import numpy as np
 import pytest
 
-from bcdi_gapfill import validation as V
+from bcdi_gapfill.validation import core as V
 
 CLASSICAL = ("biharmonic", "zero_fill", "linear_interp", "no_gap")
 FAST_PR = "ER**20 * (Sup * HIO**20)**3"
 
 
 def _inpaint_module():
-    from bcdi_gapfill import inpainting
+    from bcdi_gapfill.fill import inpainting
     return inpainting
 
 
@@ -113,7 +113,7 @@ def test_user_object_and_detector_gap():
 
 
 def test_gap_offset_moves_the_bands():
-    from bcdi_gapfill.validation import _gap_mask
+    from bcdi_gapfill.validation.core import _gap_mask
 
     centred, _ = _gap_mask("cross:4", (8, 32, 32))
     moved, _ = _gap_mask("cross:4", (8, 32, 32), (3, -2))
@@ -183,7 +183,7 @@ def test_pr_is_reproducible():
 # ----------------------------------------------------------------------------- inpaint
 def test_inpaint_method_with_a_given_model():
     _inpaint_module()
-    from bcdi_gapfill.model import build_model
+    from bcdi_gapfill.nn.model import build_model
 
     net = build_model("gapfill")  # untrained: this checks the plumbing, not the accuracy
     rep = V.validate(seed=1, size=32, gap="cross:3", mode="oracle", methods=("inpaint", "no_gap"),
@@ -195,7 +195,7 @@ def test_inpaint_method_with_a_given_model():
 
 def test_inpaint_released_in_phase_retrieval():
     _inpaint_module()
-    from bcdi_gapfill.model import build_model
+    from bcdi_gapfill.nn.model import build_model
 
     net = build_model("gapfill")  # untrained: a poor fill, which the release must not force
     rep = V.validate(seed=2, size=32, gap="cross:3", gap_offset=4, mode="both", algorithm=FAST_PR, n_starts=2,
@@ -246,7 +246,7 @@ def test_default_is_phase_retrieval_with_the_baselines(capsys):
 
 
 def test_cli_validate_default_holds_free_pixels_and_zero_fill(tmp_path, capsys):
-    from bcdi_gapfill.cli import main
+    from bcdi_gapfill.cli.commands import main
 
     out = tmp_path / "rep"
     assert main(["validate", "--simulate", "1", "--size", "32", "--starts", "1", "--gap", "cross:3",
@@ -385,7 +385,7 @@ def test_report_renders_in_headless_chromium(written, tmp_path):
 def _random_head_model():
     import torch
 
-    from bcdi_gapfill.model import build_model
+    from bcdi_gapfill.nn.model import build_model
 
     torch.manual_seed(0)
     net = build_model({"filters": [4, 8, 8, 8], "final_filters": [4, 4, 4], "prefill_iterations": 20}).eval()

@@ -1,7 +1,7 @@
 """The ready workflows of workflows/ (issue 6): bcdi pair -> gap filling -> phasing -> report.
 
 Both scripts run end to end in a subprocess on tiny settings given as overrides (a 32x48x48
-simulated scan, 40 phasing iterations, one start); the library side (bcdi_gapfill.pipeline)
+simulated scan, 40 phasing iterations, one start); the library side (bcdi_gapfill.workflow.pipeline)
 is tested in-process on a measured-like pair (no truth), for its configuration errors and
 for refusing existing outputs before computing.
 """
@@ -17,9 +17,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bcdi_gapfill import geometry
-from bcdi_gapfill.pipeline import (BASELINES, load_workflow_config, main, run_workflow, simulate_bcdi_pair,
-                                   workflow_outputs)
+from bcdi_gapfill.core import geometry
+from bcdi_gapfill.cli.workflow import main
+from bcdi_gapfill.workflow.pipeline import (BASELINES, load_workflow_config, run_workflow, simulate_bcdi_pair,
+                                            workflow_outputs)
 
 WORKFLOWS = Path(__file__).resolve().parents[1] / "workflows"
 FAST_PHASING = ["phasing.algorithm=ER**20 * HIO**20", "phasing.n_starts=1"]
@@ -51,7 +52,7 @@ def _check_filled_pair(out, report):
 
 
 def _check_report(out, report, names, simulated):
-    assert report["schema"] == "bcdi_gapfill.pipeline/1"
+    assert report["schema"] == "bcdi_gapfill.workflow.pipeline/1"
     assert list(report["methods"]) == names
     for name, entry in report["methods"].items():
         assert np.isfinite(entry["llk_measured"]) and np.isfinite(entry["llk"]), name
@@ -100,7 +101,7 @@ def test_eiger2m_highres_workflow_end_to_end(tmp_path):
                                                   ("eiger2m_highres", "Eiger2M", [96, 160, 160])])
 def test_shipped_configurations(name, detector, size):
     """The shipped configs load, simulate on their detector, and their ROI holds only gaps the model serves."""
-    from bcdi_gapfill.inpainting import DEFAULT_WEIGHTS
+    from bcdi_gapfill.fill.inpainting import DEFAULT_WEIGHTS
     cfg = load_workflow_config(WORKFLOWS / f"{name}.yml")
     sim = cfg["simulate"]
     assert cfg["name"] == name and cfg["data"] is None and sim["detector"] == detector and sim["size"] == size
@@ -216,7 +217,7 @@ def test_overrides_and_yaml(tmp_path):
     swapped = load_workflow_config(path, ["simulate=null", "data=S1_pynx.npz"])
     assert swapped["simulate"] is None and swapped["data"] == "S1_pynx.npz"
     (tmp_path / "list.yml").write_text("- 1\n")
-    with pytest.raises(ValueError, match=r"must hold a mapping of settings, got list"):
+    with pytest.raises(ValueError, match=r"must hold a YAML mapping of settings, got list"):
         load_workflow_config(tmp_path / "list.yml")
 
 

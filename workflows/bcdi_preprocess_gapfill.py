@@ -7,8 +7,8 @@ usual; right after that save, bcdi's final in-memory data and mask get the gap f
 ``..._gapfilled.npz`` copies and a JSON record are written next to them. With a ``report:``
 section (the shipped YAML has one), each scan is then phased (the filled data, the gap left
 free, the gap zero-filled, same starts) and ``report.html``/``report.json`` are written, by
-:func:`bcdi_gapfill.pipeline.run_workflow`. Everything is done by
-:mod:`bcdi_gapfill.bcdi_preprocess` (read its docstring for the insertion point and the
+:func:`bcdi_gapfill.workflow.pipeline.run_workflow`. Everything is done by
+:mod:`bcdi_gapfill.workflow.bcdi_preprocess` (read its docstring for the insertion point and the
 ``gapfill:`` and ``report:`` keys); this script only names its configuration.
 
 Run: ``python workflows/bcdi_preprocess_gapfill.py --config_file my_scan.yml [bcdi's options,
@@ -20,7 +20,7 @@ See workflows/README.md.
 import sys
 from pathlib import Path
 
-from bcdi_gapfill.bcdi_preprocess import main
+from bcdi_gapfill.cli.bcdi_preprocess import main
 
 if __name__ == "__main__":
     sys.exit(main(prog=Path(__file__).name, default_config=Path(__file__).with_suffix(".yml")))

@@ -7,7 +7,7 @@ without beamline data); fills the chip gaps with the bcdi stage; phases the fill
 the two baselines (gap left free, gap zero-filled) with the same settings; writes
 ``report.html`` and ``report.json``. The shipped configuration is a 96x160x160 region of
 the first Eiger2M module, crossed by its 4-pixel chip gaps; run it on a GPU for speed.
-Everything is done by :mod:`bcdi_gapfill.pipeline`; this script only names its configuration.
+Everything is done by :mod:`bcdi_gapfill.workflow.pipeline`; this script only names its configuration.
 
 Run: ``python workflows/eiger2m_highres.py [--config workflows/eiger2m_highres.yml] [--out DIR]
 [--set KEY=VALUE ...] [--overwrite]``. See workflows/README.md.
@@ -15,7 +15,7 @@ Run: ``python workflows/eiger2m_highres.py [--config workflows/eiger2m_highres.y
 import sys
 from pathlib import Path
 
-from bcdi_gapfill.pipeline import main
+from bcdi_gapfill.cli.workflow import main
 
 if __name__ == "__main__":
     sys.exit(main(prog=Path(__file__).name, default_config=Path(__file__).with_suffix(".yml"),
