@@ -147,6 +147,13 @@ def test_photon_loss_is_the_log_photon_ratio_in_the_gap():
     assert float(loss) == pytest.approx(np.log1p(hidden).mean(), rel=1e-5)
     loss.backward()
     assert float(pred.grad[gap].min()) < 0 and float(pred.grad[~gap].abs().max()) == 0
+    # An exploding prediction (the untrained head, far above the window) stays finite.
+    band = torch.zeros((1, 1, 32, 32, 32), dtype=torch.bool)
+    band[..., 12:21] = True   # a 9-px band of a 32^3 portion: 9216 voxels
+    wild = torch.full((1, 1, 32, 32, 32), 50.0).requires_grad_()
+    loss = photon_loss(wild, torch.full((1, 1, 32, 32, 32), 0.5), band, torch.tensor([3.0]))
+    loss.backward()
+    assert torch.isfinite(loss) and bool(torch.isfinite(wild.grad).all())
 
 
 def test_peak_centred_portions_photon_loss_and_epoch_weights(tmp_path, tiny_bank, capsys):
