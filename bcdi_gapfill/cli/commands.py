@@ -16,7 +16,7 @@ from bcdi_gapfill.cli.batch import add_batch_parser
 from bcdi_gapfill.cli.bcdi import add_bcdi_parser
 from bcdi_gapfill.cli.bcdi_preprocess import add_bcdi_preprocess_parser
 from bcdi_gapfill.cli.finetune import add_finetune_parser
-from bcdi_gapfill.cli.options import gap_from_args
+from bcdi_gapfill.cli.options import add_data_and_gap_arguments, gap_from_args
 from bcdi_gapfill.core import io
 from bcdi_gapfill.core.errors import error_text, is_user_error
 from bcdi_gapfill.core.simulate import write_dataset
@@ -168,16 +168,6 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_data_and_gap_arguments(p: argparse.ArgumentParser, input_help: str) -> None:
-    """The input file and where its gap comes from (read by `_gap_from_args`)."""
-    p.add_argument("input", help=input_help)
-    p.add_argument("--key", default=None, help="dataset key/path in the input file")
-    p.add_argument("--mask", default=None, help="mask file (bcdi/PyNX: nonzero = masked)")
-    p.add_argument("--detector", default=None, help="detector whose chip gaps are the gap (e.g. Maxipix)")
-    p.add_argument("--roi", type=int, nargs=4, default=None, metavar=("R0", "R1", "C0", "C1"),
-                   help="bcdi ROI in unbinned detector pixels")
-    p.add_argument("--binning", type=int, nargs=3, default=(1, 1, 1))
-    p.add_argument("--gap", default=None, help="synthetic gap, e.g. cross:6 or vertical:3")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -200,7 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("inpaint", help="fill the detector gaps of a 3D pattern file")
-    _add_data_and_gap_arguments(p, "data file (.npy, .npz, .h5, .cxi)")
+    add_data_and_gap_arguments(p, "data file (.npy, .npz, .h5, .cxi)")
     p.add_argument("-o", "--output", required=True, help="output file; format from its suffix")
     p.add_argument("--method", default="model", help="model, biharmonic, linear, cubic, nearest or zero")
     p.add_argument("--weights", default=None, help="weights file (default: shipped model)")
@@ -269,7 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("assess", help="self-check of the gap treatments on this scan: withhold measured bands "
                                       "shaped like the gap, phase with each treatment, score the withheld counts "
                                       "(a diagnostic, not yet a reliable pick: docs/benchmarks.md)")
-    _add_data_and_gap_arguments(p, "data file (.npy, .npz, .h5, .cxi), Bragg peak near the centre")
+    add_data_and_gap_arguments(p, "data file (.npy, .npz, .h5, .cxi), Bragg peak near the centre")
     p.add_argument("--treatments", default="free_pixels,zero_fill,inpaint,inpaint+release",
                    help="comma-separated, of free_pixels, zero_fill, inpaint, inpaint+release, biharmonic")
     p.add_argument("--bands", type=int, default=2, help="hidden bands of measured voxels (one phasing each)")

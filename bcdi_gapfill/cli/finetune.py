@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from bcdi_gapfill.cli.options import gap_from_args
+from bcdi_gapfill.cli.options import add_data_and_gap_arguments, gap_from_args
 from bcdi_gapfill.core import io
 from bcdi_gapfill.nn.finetune import FINETUNE_DEFAULTS, finetune, finetuned_weights_path, save_finetuned
 
@@ -16,19 +16,12 @@ __all__ = ["add_finetune_parser", "cmd_finetune"]
 
 
 def add_finetune_parser(sub: Any) -> argparse.ArgumentParser:
-    """Add the ``finetune`` subcommand to ``bcdi-gapfill``'s subparsers (cli.py calls this)."""
+    """Add the ``finetune`` subcommand to ``bcdi-gapfill``'s subparsers (`bcdi_gapfill.cli.commands` calls this)."""
     p = sub.add_parser("finetune",
                        help="fine-tune the model on portions of a measured array, away from its gap")
-    p.add_argument("input", help="data file (.npy, .npz, .h5, .cxi)")
+    add_data_and_gap_arguments(p, "data file (.npy, .npz, .h5, .cxi)")
     p.add_argument("-o", "--output", default=None,
                    help="weights file to write (default: <input stem>_finetuned.pt next to the input)")
-    p.add_argument("--key", default=None, help="dataset key/path in the input file")
-    p.add_argument("--mask", default=None, help="mask file (bcdi/PyNX: nonzero = masked)")
-    p.add_argument("--detector", default=None, help="detector whose chip gaps are the gap (e.g. Maxipix)")
-    p.add_argument("--roi", type=int, nargs=4, default=None, metavar=("R0", "R1", "C0", "C1"),
-                   help="bcdi ROI in unbinned detector pixels")
-    p.add_argument("--binning", type=int, nargs=3, default=(1, 1, 1))
-    p.add_argument("--gap", default=None, help="synthetic gap, e.g. cross:6 or vertical:3")
     p.add_argument("--weights", default=None, help="weights to start from (default: shipped model)")
     p.add_argument("--portions", type=int, default=FINETUNE_DEFAULTS["n_portions"],
                    help="training portions cut from the array")

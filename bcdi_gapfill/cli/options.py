@@ -7,7 +7,7 @@ import numpy as np
 
 from bcdi_gapfill.core import geometry
 
-__all__ = ["gap_from_args"]
+__all__ = ["add_data_and_gap_arguments", "gap_from_args"]
 
 
 def gap_from_args(args: argparse.Namespace, data: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
@@ -32,3 +32,13 @@ def gap_from_args(args: argparse.Namespace, data: np.ndarray, mask: np.ndarray |
     return gap
 
 
+def add_data_and_gap_arguments(p: argparse.ArgumentParser, input_help: str) -> None:
+    """The input file and where its gap comes from (read by `gap_from_args`)."""
+    p.add_argument("input", help=input_help)
+    p.add_argument("--key", default=None, help="dataset key/path in the input file")
+    p.add_argument("--mask", default=None, help="mask file (bcdi/PyNX: nonzero = masked)")
+    p.add_argument("--detector", default=None, help="detector whose chip gaps are the gap (e.g. Maxipix)")
+    p.add_argument("--roi", type=int, nargs=4, default=None, metavar=("R0", "R1", "C0", "C1"),
+                   help="bcdi ROI in unbinned detector pixels")
+    p.add_argument("--binning", type=int, nargs=3, default=(1, 1, 1))
+    p.add_argument("--gap", default=None, help="synthetic gap, e.g. cross:6 or vertical:3")
