@@ -59,7 +59,8 @@ import numpy as np
 
 from bcdi_gapfill.core import io as gio
 from bcdi_gapfill.core.geometry import gap_mask_from_mask
-from bcdi_gapfill.fill.inpainting import CLASSICAL_METHODS, inpaint
+from bcdi_gapfill.core.methods import CLASSICAL_FILLS, FILLS
+from bcdi_gapfill.fill.inpainting import inpaint
 
 __all__ = ["InpaintGaps", "write_pynx_input", "encode_estimates", "decode_estimates", "MODES",
            "PYNX_MASKED", "TESTED_PYNX_VERSIONS"]
@@ -157,8 +158,8 @@ def _build_operator_class() -> type:
                      stride: int | None = None, uncertainty_threshold: float | None = None,
                      gap_mask: np.ndarray | None = None, **inpaint_kwargs: Any):
             super().__init__()
-            if method != "model" and method not in CLASSICAL_METHODS:
-                raise ValueError(f"unknown method {method!r}; choose 'model' or one of {CLASSICAL_METHODS}")
+            if method not in FILLS:
+                raise ValueError(f"unknown method {method!r}; choose 'model' or one of {CLASSICAL_FILLS}")
             if mode not in MODES:
                 raise ValueError(f"unknown mode {mode!r}; choose one of {MODES}")
             if uncertainty_threshold is not None:

@@ -74,7 +74,8 @@ from typing import Any
 from bcdi_gapfill import __version__
 from bcdi_gapfill.core import geometry, io as gio
 from bcdi_gapfill.core.config import FILL_SETTINGS, read_yaml_mapping
-from bcdi_gapfill.fill.inpainting import CLASSICAL_METHODS, default_model_info
+from bcdi_gapfill.core.methods import CLASSICAL_FILLS, FILLS
+from bcdi_gapfill.fill.inpainting import default_model_info
 from bcdi_gapfill.integrations.bcdi import fill_bcdi_files, output_paths
 
 __all__ = ["load_series_config", "find_scans", "make_cluster", "slurm_job_script", "run_series",
@@ -178,8 +179,8 @@ def _check_gapfill(raw: Any) -> dict[str, Any]:
         raise ValueError(f"gapfill must be a mapping, got {raw!r}")
     gio.check_config_keys(raw, _GAPFILL_DEFAULTS, "gapfill")
     settings = {**_GAPFILL_DEFAULTS, **raw}
-    if settings["method"] != "model" and settings["method"] not in CLASSICAL_METHODS:
-        raise ValueError(f"gapfill.method must be 'model' or one of {CLASSICAL_METHODS}, got {settings['method']!r}")
+    if settings["method"] not in FILLS:
+        raise ValueError(f"gapfill.method must be 'model' or one of {CLASSICAL_FILLS}, got {settings['method']!r}")
     settings["stride"] = _positive_int(settings["stride"], "gapfill.stride", allow_none=True)
     settings["batch_size"] = _positive_int(settings["batch_size"], "gapfill.batch_size", allow_none=True)
     settings["flips"] = _bool(settings["flips"], "gapfill.flips")

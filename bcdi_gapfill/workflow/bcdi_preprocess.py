@@ -110,8 +110,8 @@ import numpy as np
 from bcdi_gapfill.core import io as gio
 from bcdi_gapfill.core.config import FILL_SETTINGS, INPAINT_SETTINGS, read_yaml_mapping
 from bcdi_gapfill.core.errors import UnsupportedBcdiError
+from bcdi_gapfill.core.methods import FILLS
 from bcdi_gapfill.core.simulate import simulate_pattern
-from bcdi_gapfill.fill.inpainting import CLASSICAL_METHODS
 from bcdi_gapfill.integrations import bcdi as bcdi_stage
 from bcdi_gapfill.workflow import pipeline
 
@@ -121,7 +121,6 @@ __all__ = ["GAPFILL_DEFAULTS", "REPORT_DEFAULTS", "load_config", "split_config",
 #: The keys of the ``gapfill:`` section and their defaults.
 GAPFILL_DEFAULTS: dict[str, Any] = {**FILL_SETTINGS, "gap_from": "mask", "suffix": "_gapfilled", "out_dir": None,
                                     "overwrite": False}
-_METHODS = ("model", *CLASSICAL_METHODS)
 
 
 #: The keys of the ``report:`` section and their defaults: the scan workflows' phasing settings
@@ -191,8 +190,8 @@ def check_gapfill_settings(section: Mapping[str, Any] | None) -> dict[str, Any]:
     wrong kind; TypeError when the section is not a mapping.
     """
     settings = _section_settings(section, GAPFILL_DEFAULTS, "gapfill")
-    if settings["method"] not in _METHODS:
-        raise ValueError(f"gapfill.method must be one of {list(_METHODS)}, got {settings['method']!r}")
+    if settings["method"] not in FILLS:
+        raise ValueError(f"gapfill.method must be one of {list(FILLS)}, got {settings['method']!r}")
     if settings["gap_from"] not in ("mask", "detector"):
         raise ValueError(f"gapfill.gap_from must be 'mask' or 'detector', got {settings['gap_from']!r}")
     for key in ("stride", "batch_size"):
